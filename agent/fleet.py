@@ -1,0 +1,77 @@
+"""A simulated fleet: N node agents in one process, each its own MQTT client (`gpufleet simulate`).
+
+It runs the same NodeAgent code as a real node, with SimulatedGpuSource in place of NVML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from gpufleet import wire
+from gpufleet.mqtt import BrokerAddress, MqttLink, TlsFiles
+
+from .node import AgentStats, Cadence, NodeAgent, last_will
+from .simulate import SimulatedGpuSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPlan:
+    cluster: str
+    nodes: int
+    gpus_per_node: int
+    cadence: Cadence
+    windows: int  # per node
+    seed: int = 0
+
+    def node_names(self) -> list[str]:
+        return [f"node{i:05d}" for i in range(self.nodes)]
+
+
+@dataclass
+class FleetResult:
+    plan: FleetPlan
+    stats: dict[str, AgentStats] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # node -> why it stopped early
+
+    @property
+    def windows_acknowledged(self) -> int:
+        return sum(s.windows_published for s in self.stats.values())
+
+    @property
+    def gpu_windows_acknowledged(self) -> int:
+        return sum(s.gpu_windows_published for s in self.stats.values())
+
+    @property
+    def complete(self) -> bool:
+        return not self.failures and self.windows_acknowledged == self.plan.nodes * self.plan.windows
+
+    def published(self) -> list[wire.TelemetryWindow]:
+        return [w for s in self.stats.values() for w in s.published]
+
+
+async def run_fleet(
+    plan: FleetPlan, broker: BrokerAddress, *, tls: TlsFiles | None = None, record: bool = False
+) -> FleetResult:
+    result = FleetResult(plan)
+    agents = {}
+    for i, node in enumerate(plan.node_names()):
+        source = SimulatedGpuSource(node, plan.gpus_per_node, seed=plan.seed * 1_000_003 + i)
+        agents[node] = NodeAgent(plan.cluster, node, source, plan.cadence, record=record)
+        result.stats[node] = agents[node].stats
+    outcomes = await asyncio.gather(
+        *(_run_node(agent, broker, tls, plan.windows) for agent in agents.values()), return_exceptions=True
+    )
+    for node, outcome in zip(agents, outcomes):
+        if isinstance(outcome, BaseException):
+            result.failures[node] = f"{type(outcome).__name__}: {outcome}"
+    return result
+
+
+async def _run_node(agent: NodeAgent, broker: BrokerAddress, tls: TlsFiles | None, windows: int) -> None:
+    client_id = f"gpufleet-sim-{agent.cluster}-{agent.node}"
+    async with MqttLink(broker, client_id, will=last_will(agent.cluster, agent.node), tls=tls) as link:
+        await agent.run(link, max_windows=windows)

@@ -1,0 +1,92 @@
+"""InfluxDB line protocol for gpufleet's measurements. Pure functions, no I/O.
+
+Rules (as influxdb-client's Point, see STYLE.md section 5): tags sorted by key and escaped by table,
+absent values skipped (never written as zero), integers get `i`, floats the shortest repr that
+round-trips, strings quoted with `"` and `\\` escaped. Timestamps are nanoseconds.
+Every tag value here has already passed wire validation; escaping is the second line of defence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import cache
+
+from gpufleet.catalogue import gpu_window_field_by_name
+from gpufleet.wire import GpuEventMessage, NodeState, TelemetryWindow
+
+_ESCAPE_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\\": "\\\\", "\n": r"\n"})
+_ESCAPE_STRING = str.maketrans({'"': r"\"", "\\": "\\\\"})
+_NS_PER_MS = 1_000_000
+
+
+def tag(value: str) -> str:
+    return value.translate(_ESCAPE_TAG)
+
+
+def string_field(value: str) -> str:
+    return '"' + value.translate(_ESCAPE_STRING) + '"'
+
+
+def _tags(pairs: Iterable[tuple[str, str]]) -> str:
+    return "".join(f",{key}={tag(value)}" for key, value in sorted(pairs))
+
+
+@cache
+def _divisor(field_name: str) -> int | None:
+    """None for integer fields; else what a wire integer is divided by to give the field value.
+
+    Dividing by 1000 (not multiplying by 0.001) keeps 312460 mW -> 312.46 W exact in repr.
+    """
+    metric = gpu_window_field_by_name()[field_name]
+    return None if metric.is_int else round(1 / metric.wire_scale)
+
+
+def field_plan(fields: Sequence[str]) -> tuple[list[tuple[int, str, int | None]], list[str]]:
+    """Per message: (position, name, divisor) of each known field, and the unknown names skipped."""
+    known = gpu_window_field_by_name()
+    plan = [(pos, name, _divisor(name)) for pos, name in enumerate(fields) if name in known]
+    unknown = [name for name in fields if name not in known]
+    return plan, unknown
+
+
+def _format_value(name: str, value: int, divisor: int | None) -> str:
+    if divisor is None:
+        return f"{name}={value}i"
+    return f"{name}={value / divisor!r}"
+
+
+def gpu_lines(window: TelemetryWindow, plan: list[tuple[int, str, int | None]]) -> list[str]:
+    """One `gpu` point per GPU of the window, stamped with the window's start."""
+    timestamp = window.t0_ms * _NS_PER_MS
+    window_s = (window.t1_ms - window.t0_ms) / 1000
+    node_tags = f",cluster={tag(window.cluster)}"
+    node_tail = f",node={tag(window.node)}"
+    trailer = f"seq={window.seq}i,window_s={window_s!r} {timestamp}"
+    lines = []
+    for gpu in window.gpus:
+        values = gpu.values
+        fields = [_format_value(name, values[pos], div) for pos, name, div in plan if values[pos] is not None]
+        fields.append(trailer)
+        lines.append(
+            f"gpu{node_tags},gpu={gpu.index},model={tag(gpu.model)}{node_tail},uuid={tag(gpu.uuid)} {','.join(fields)}"
+        )
+    return lines
+
+
+def event_line(event: GpuEventMessage) -> str:
+    tags = _tags(
+        [("cluster", event.cluster), ("node", event.node), ("gpu", str(event.gpu)), ("uuid", event.uuid), ("kind", event.kind)]
+    )
+    return f"gpu_event{tags} code={event.code}i,detail={string_field(event.detail)} {event.time_ms * _NS_PER_MS}"
+
+
+def state_line(state: NodeState, received_ms: int) -> str:
+    time_ms = state.time_ms if state.time_ms is not None else received_ms
+    online = 1 if state.state == "online" else 0
+    tags = _tags([("cluster", state.cluster), ("node", state.node)])
+    return f"node_state{tags} online={online}i,state={string_field(state.state)} {time_ms * _NS_PER_MS}"
+
+
+def stats_line(measurement: str, tags: dict[str, str], counters: dict[str, int], time_ms: int) -> str:
+    fields = ",".join(f"{name}={value}i" for name, value in sorted(counters.items()))
+    return f"{measurement}{_tags(tags.items())} {fields} {time_ms * _NS_PER_MS}"

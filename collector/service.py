@@ -1,0 +1,186 @@
+"""The collector process: MQTT shared subscription in, InfluxDB batches out, its own telemetry too.
+
+Three tasks share one event loop: `receive` (broker -> Pipeline -> WriteBuffer), `flush` (buffer
+-> InfluxDB, in a worker thread so the loop keeps receiving) and `report` (the collector's
+counters as a `collector` point). A broker or database that is down is waited for with backoff,
+and the log says what is awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from gpufleet import wire
+from gpufleet.mqtt import BrokerAddress, MqttError, MqttLink, TlsFiles
+
+from . import lineproto
+from .buffer import WriteBuffer
+from .influx import InfluxWriter, WriteFailed
+from .pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorOptions:
+    client_id: str
+    group: str = "gpufleet"
+    batch_lines: int = 5000
+    flush_interval_s: float = 1.0
+    max_buffer_lines: int = 2_000_000
+    stats_interval_s: float = 10.0
+    drain_timeout_s: float = 60.0
+    max_backoff_s: float = 30.0
+
+
+class Backoff:
+    def __init__(self, max_s: float) -> None:
+        self._max_s = max_s
+        self._next_s = 0.5
+
+    def reset(self) -> None:
+        self._next_s = 0.5
+
+    def next(self) -> float:
+        delay, self._next_s = self._next_s, min(self._max_s, self._next_s * 2)
+        return delay
+
+
+class RateLimitedLog:
+    """Log a rejection once per reason per period, with how many were not logged in between."""
+
+    def __init__(self, period_s: float = 60.0) -> None:
+        self._period_s = period_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def rejected(self, topic: str, rejection: wire.Rejected, now: float) -> None:
+        last_time, suppressed = self._last.get(rejection.reason, (-self._period_s, 0))
+        if now - last_time >= self._period_s:
+            more = f" (+{suppressed} more since last report)" if suppressed else ""
+            log.warning("dropped message on %s: %s%s", topic[:200], rejection, more)
+            self._last[rejection.reason] = (now, 0)
+        else:
+            self._last[rejection.reason] = (last_time, suppressed + 1)
+
+
+class Collector:
+    def __init__(self, broker: BrokerAddress, writer: InfluxWriter, options: CollectorOptions, tls: TlsFiles | None = None):
+        self.pipeline = Pipeline()
+        self.buffer = WriteBuffer(options.max_buffer_lines)
+        self.points_written = 0
+        self.lines_refused = 0  # lines InfluxDB refused for good (400): counted, never retried
+        self.write_retries = 0
+        self._broker = broker
+        self._writer = writer
+        self._options = options
+        self._tls = tls
+        self._wake_flush = asyncio.Event()
+        self._rejections = RateLimitedLog()
+        self.subscribed = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop`; then stop receiving and write out what is buffered (bounded by drain_timeout_s)."""
+        receive = asyncio.create_task(self._receive(stop), name="collector.receive")
+        report = asyncio.create_task(self._report(stop), name="collector.report")
+        flush = asyncio.create_task(self._flush(stop), name="collector.flush")
+        await stop.wait()
+        receive.cancel()
+        report.cancel()
+        await asyncio.gather(receive, report, return_exceptions=True)
+        self.buffer.extend([self._stats_line()])
+        self._wake_flush.set()
+        try:
+            await asyncio.wait_for(flush, self._options.drain_timeout_s)
+        except TimeoutError:
+            log.error("gave up writing %d buffered lines after %.0f s", len(self.buffer), self._options.drain_timeout_s)
+
+    # ---------------------------------------------------------------------------------- receive
+
+    async def _receive(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(self._options.max_backoff_s)
+        while not stop.is_set():
+            try:
+                await self._receive_connected(backoff)
+            except MqttError as exc:
+                self.subscribed.clear()
+                delay = backoff.next()
+                log.warning("waiting for the MQTT broker at %s (%s); retrying in %.1f s", self._broker, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _receive_connected(self, backoff: Backoff) -> None:
+        # A session that outlives a reconnect lets the broker queue our share of messages meanwhile.
+        link = MqttLink(self._broker, self._options.client_id, tls=self._tls, session_expiry_s=3600)
+        async with link:
+            await link.subscribe(wire.subscription(self._options.group))
+            backoff.reset()
+            self.subscribed.set()
+            log.info("subscribed to %s on %s", wire.subscription(self._options.group), self._broker)
+            async for message in link.messages():
+                self._accept(message.topic, message.payload)
+
+    def _accept(self, topic: str, payload: bytes) -> None:
+        now = time.time()
+        lines, rejection = self.pipeline.handle(topic, payload, int(now * 1000))
+        if rejection is not None:
+            self._rejections.rejected(topic, rejection, now)
+            return
+        self.buffer.extend(lines)
+        if len(self.buffer) >= self._options.batch_lines:
+            self._wake_flush.set()
+
+    # ------------------------------------------------------------------------------------ flush
+
+    async def _flush(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(self._options.max_backoff_s)
+        while True:
+            try:
+                await asyncio.wait_for(self._wake_flush.wait(), self._options.flush_interval_s)
+            except TimeoutError:
+                pass
+            self._wake_flush.clear()
+            while len(self.buffer):
+                if not await self._write_one_batch(backoff):
+                    break
+            if stop.is_set() and not len(self.buffer):
+                return
+
+    async def _write_one_batch(self, backoff: Backoff) -> bool:
+        batch = self.buffer.peek(self._options.batch_lines)
+        try:
+            # InfluxDB's HTTP write blocks; a worker thread keeps the loop receiving meanwhile.
+            await asyncio.to_thread(self._writer.write, batch)
+        except WriteFailed as exc:
+            if exc.retryable:
+                self.write_retries += 1
+                delay = backoff.next()
+                log.warning("waiting for InfluxDB (%s); %d lines buffered; retrying in %.1f s", exc, len(self.buffer), delay)
+                await asyncio.sleep(delay)
+                return False
+            log.error("InfluxDB refused a batch of %d lines: %s", len(batch), exc)
+            self.lines_refused += len(batch)
+        else:
+            self.points_written += len(batch)
+            backoff.reset()
+        self.buffer.commit(len(batch))
+        return True
+
+    # ----------------------------------------------------------------------------------- report
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self._options.stats_interval_s)
+            self.buffer.extend([self._stats_line()])
+
+    def _stats_line(self) -> str:
+        counters = self.pipeline.counters.as_fields()
+        counters.update(
+            points_written=self.points_written,
+            lines_refused=self.lines_refused,
+            write_retries=self.write_retries,
+            buffered_lines=len(self.buffer),
+            dropped_lines=self.buffer.dropped,
+        )
+        return lineproto.stats_line("collector", {"collector": self._options.client_id}, counters, int(time.time() * 1000))

@@ -1,0 +1,135 @@
+"""Glue between checked configuration and the running parts: builds objects, runs the event loop,
+maps expected failures to exit codes. Each function returns the process's exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from gpufleet import config as cfg
+from gpufleet.mqtt import MqttError, MqttLink
+
+log = logging.getLogger("gpufleet")
+T = TypeVar("T")
+
+
+def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run `main(stop)`; SIGTERM or SIGINT set `stop` so that services shut down cleanly."""
+
+    async def wrapper() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    return asyncio.run(wrapper())
+
+
+def simulate_fleet(settings: cfg.SimulateConfig) -> int:
+    from gpufleet.agent.fleet import FleetPlan, run_fleet  # noqa: PLC0415
+
+    plan = FleetPlan(
+        cluster=settings.cluster,
+        nodes=settings.nodes,
+        gpus_per_node=settings.gpus_per_node,
+        cadence=_cadence(settings),
+        windows=settings.windows,
+        seed=settings.seed,
+    )
+    log.info(
+        "simulating %d nodes x %d GPUs, %d windows of %.3g s each, to %s",
+        plan.nodes, plan.gpus_per_node, plan.windows, settings.interval, settings.broker,
+    )
+    result = asyncio.run(run_fleet(plan, settings.broker_address, tls=settings.tls))
+    expected = plan.nodes * plan.windows
+    print(
+        f"published and acknowledged {result.windows_acknowledged}/{expected} windows "
+        f"({result.gpu_windows_acknowledged} GPU-windows) from {plan.nodes} nodes"
+    )
+    for node, why in sorted(result.failures.items())[:10]:
+        print(f"  {node}: {why}")
+    return 0 if result.complete else 1
+
+
+def _cadence(settings: cfg.AgentConfig | cfg.SimulateConfig):  # -> agent.node.Cadence
+    from gpufleet.agent.node import Cadence  # noqa: PLC0415
+
+    return Cadence(round(settings.effective_sample_interval * 1000), round(settings.interval * 1000))
+
+
+def run_agent(settings: cfg.AgentConfig) -> int:
+    from gpufleet.agent.node import NodeAgent  # noqa: PLC0415
+
+    source = _gpu_source(settings)
+    if source is None:
+        return 1
+    agent = NodeAgent(settings.cluster, settings.node, source, _cadence(settings))
+    try:
+        _run_until_signalled(lambda stop: _agent_forever(agent, settings, stop))
+    finally:
+        source.close()
+    return 0
+
+
+def _gpu_source(settings: cfg.AgentConfig):  # -> GpuSource | None
+    if settings.simulate:
+        from gpufleet.agent.simulate import SimulatedGpuSource  # noqa: PLC0415
+
+        return SimulatedGpuSource(settings.node, settings.simulate)
+    from gpufleet.agent.nvml import NvmlUnavailable, open_nvml  # noqa: PLC0415
+
+    try:
+        return open_nvml()
+    except NvmlUnavailable as exc:
+        log.error("%s (use --simulate N on a machine without NVIDIA GPUs)", exc)
+        return None
+
+
+async def _agent_forever(agent, settings: cfg.AgentConfig, stop: asyncio.Event) -> None:
+    from gpufleet.agent.node import last_will  # noqa: PLC0415
+    from gpufleet.collector.service import Backoff  # noqa: PLC0415
+
+    backoff = Backoff(max_s=30)
+    client_id = f"gpufleet-agent-{settings.cluster}-{settings.node}"
+    while not stop.is_set():
+        try:
+            async with MqttLink(
+                settings.broker_address, client_id, will=last_will(agent.cluster, agent.node), tls=settings.tls
+            ) as link:
+                log.info("connected to %s as %s/%s", settings.broker, agent.cluster, agent.node)
+                backoff.reset()
+                await agent.run(link, stop=stop)
+        except MqttError as exc:
+            delay = backoff.next()
+            log.warning("waiting for the MQTT broker at %s (%s); retrying in %.1f s", settings.broker, exc, delay)
+            await asyncio.sleep(delay)
+
+
+def run_collector(settings: cfg.CollectorConfig) -> int:
+    from gpufleet.collector.influx import InfluxWriter, read_token  # noqa: PLC0415
+    from gpufleet.collector.service import Collector, CollectorOptions  # noqa: PLC0415
+
+    token = read_token(settings.influx_token.get_secret_value() if settings.influx_token else None, settings.influx_token_file)
+    writer = InfluxWriter(settings.influx_url, token, settings.influx_org, settings.bucket)
+    options = CollectorOptions(
+        client_id=settings.client_id,
+        group=settings.group,
+        batch_lines=settings.batch_lines,
+        flush_interval_s=settings.flush_interval,
+        max_buffer_lines=settings.max_buffer_lines,
+    )
+    collector = Collector(settings.broker_address, writer, options, tls=settings.tls)
+    log.info("collector %s: %s -> %s bucket %s", settings.client_id, settings.broker, settings.influx_url, settings.bucket)
+    try:
+        _run_until_signalled(collector.run)
+    finally:
+        writer.close()
+    log.info(
+        "stopped: %d points written, %d lines refused, %d dropped, %d still buffered",
+        collector.points_written, collector.lines_refused, collector.buffer.dropped, len(collector.buffer),
+    )
+    return 0 if not len(collector.buffer) else 1

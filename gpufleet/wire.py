@@ -1,0 +1,394 @@
+"""The wire contract between agent and collector: topics and message encode/decode. Pure, no I/O.
+
+Topics (MQTT v5, QoS 1):
+    gpufleet/v1/<cluster>/<node>/telemetry   one message per node per window
+    gpufleet/v1/<cluster>/<node>/state       retained: online on connect, offline as the last will
+    gpufleet/v1/<cluster>/<node>/events      XID, double-bit ECC, row-remap failure, GPU lost
+
+Payloads are MessagePack maps. Telemetry carries the window's field names once and one row of
+integers ("wire units", see metrics.csv `wire_scale`) per GPU, so a GPU-window costs little more than
+its numbers. A field the GPU does not support is nil (absent), never zero.
+
+    {"v": 1, "cluster": "c1", "node": "n1", "seq": 42, "t0": <ms>, "t1": <ms>,
+     "fields": ["power_w", "energy_j", ...],
+     "gpus": [[index, uuid, model, [values...], [[workload, sm_util_centi, mem_bytes], ...]], ...],
+     "workloads": {"slurm:123": {"kind": "slurm_job", "job": "123", ...}, ...}}
+
+`decode_*` never raises anything but `Rejected`, whose `reason` is one of REJECT_REASONS: the
+collector counts rejections per reason, so the set is fixed and small.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+TOPIC_ROOT = "gpufleet/v1"
+MAX_MESSAGE_BYTES = 1 << 20  # a node of 8 GPUs sends ~2 kB; 1 MiB leaves room for 64 GPUs with MIG
+MAX_GPUS = 256
+MAX_FIELDS = 256
+MAX_HOLDERS = 256
+MAX_WORKLOADS = 1024
+MAX_IDENTITY_KEYS = 16
+MAX_DETAIL_CHARS = 512
+MAX_FUTURE_MS = 5 * 60 * 1000  # clocks drift; a window from further ahead is a bug or a lie
+MAX_PAST_MS = 7 * 24 * 3600 * 1000  # spooled windows older than a week are refused
+MAX_ABS_INT = (1 << 63) - 1  # InfluxDB integers are signed 64-bit
+
+EVENT_KINDS = frozenset({"xid", "ecc_dbe", "remap_failure", "gpu_lost"})
+NODE_STATES = frozenset({"online", "offline"})
+
+REJECT_REASONS = (
+    "too_large",  # payload over MAX_MESSAGE_BYTES
+    "malformed",  # not MessagePack, or not a map
+    "version",  # protocol version we do not speak
+    "bad_topic",  # topic outside gpufleet/v1/<cluster>/<node>/<kind>
+    "topic_mismatch",  # payload's cluster/node differ from the topic's
+    "schema",  # a required key missing or of the wrong type
+    "bad_name",  # cluster, node, uuid, model or workload outside the allowed characters
+    "timestamp",  # window or event too far in the future or the past, or t1 <= t0
+    "limits",  # too many GPUs, fields, holders, workloads
+    "bad_value",  # a value that is not an integer within 64 bits
+)
+
+# Names that become InfluxDB tags or MQTT topic levels: no separators, no wildcards, no escapes.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_UUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,95}")
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()/+-]{0,95}")  # "NVIDIA H100 80GB HBM3"
+_WORKLOAD = re.compile(r"[A-Za-z0-9][A-Za-z0-9:/._@+-]{0,127}")
+_FIELD = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Rejected(ValueError):
+    """The sender's fault: the message breaks the contract. `reason` is one of REJECT_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        assert reason in REJECT_REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ----------------------------------------------------------------------------------------- topics
+
+
+def telemetry_topic(cluster: str, node: str) -> str:
+    return f"{TOPIC_ROOT}/{cluster}/{node}/telemetry"
+
+
+def state_topic(cluster: str, node: str) -> str:
+    return f"{TOPIC_ROOT}/{cluster}/{node}/state"
+
+
+def events_topic(cluster: str, node: str) -> str:
+    return f"{TOPIC_ROOT}/{cluster}/{node}/events"
+
+
+def subscription(group: str) -> str:
+    """MQTT v5 shared subscription: the broker hands each message to one collector of the group."""
+    return f"$share/{group}/{TOPIC_ROOT}/+/+/#"
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    cluster: str
+    node: str
+    kind: str  # telemetry | state | events
+
+
+def parse_topic(topic: str) -> Topic:
+    parts = topic.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
+        raise Rejected("bad_topic", f"not {TOPIC_ROOT}/<cluster>/<node>/<kind>: {topic[:200]!r}")
+    cluster, node, kind = parts[2], parts[3], parts[4]
+    if kind not in ("telemetry", "state", "events"):
+        raise Rejected("bad_topic", f"unknown message kind {kind[:64]!r}")
+    _check_name("cluster", cluster)
+    _check_name("node", node)
+    return Topic(cluster, node, kind)
+
+
+def check_name(what: str, value: str) -> str:
+    """Validate a cluster or node name for use in topics and tags (agents call this at start)."""
+    _check_name(what, value)
+    return value
+
+
+def _check_name(what: str, value: Any, pattern: re.Pattern[str] = _NAME) -> None:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise Rejected("bad_name", f"{what} {str(value)[:80]!r} must match {pattern.pattern}")
+
+
+# ------------------------------------------------------------------------------ message types
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A workload holding a GPU in the window, with what the driver said of its share."""
+
+    workload: str  # key into TelemetryWindow.workloads
+    sm_util_centi: int | None  # mean SM utilisation in 0.01 % units; None: no per-process samples
+    mem_bytes: int | None  # peak used memory; None: the driver does not say
+
+
+@dataclass(frozen=True, slots=True)
+class GpuWindow:
+    index: int
+    uuid: str
+    model: str
+    values: tuple[int | None, ...]  # aligned with TelemetryWindow.fields; None = absent
+    holders: tuple[Holder, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryWindow:
+    cluster: str
+    node: str
+    seq: int
+    t0_ms: int
+    t1_ms: int
+    fields: tuple[str, ...]
+    gpus: tuple[GpuWindow, ...]
+    workloads: dict[str, dict[str, str | int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GpuEventMessage:
+    cluster: str
+    node: str
+    time_ms: int
+    gpu: int
+    uuid: str
+    kind: str  # one of EVENT_KINDS
+    code: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    cluster: str
+    node: str
+    state: str  # online | offline
+    time_ms: int | None  # None in the last will: the broker sends it later, the receiver stamps it
+
+
+# --------------------------------------------------------------------------------------- encode
+
+
+def _pack(obj: dict[str, Any]) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def encode_telemetry(window: TelemetryWindow) -> bytes:
+    gpus = [
+        [g.index, g.uuid, g.model, list(g.values), [[h.workload, h.sm_util_centi, h.mem_bytes] for h in g.holders]]
+        for g in window.gpus
+    ]
+    message = {
+        "v": PROTOCOL_VERSION,
+        "cluster": window.cluster,
+        "node": window.node,
+        "seq": window.seq,
+        "t0": window.t0_ms,
+        "t1": window.t1_ms,
+        "fields": list(window.fields),
+        "gpus": gpus,
+    }
+    if window.workloads:
+        message["workloads"] = window.workloads
+    return _pack(message)
+
+
+def encode_event(event: GpuEventMessage) -> bytes:
+    return _pack(
+        {
+            "v": PROTOCOL_VERSION,
+            "cluster": event.cluster,
+            "node": event.node,
+            "t": event.time_ms,
+            "gpu": event.gpu,
+            "uuid": event.uuid,
+            "kind": event.kind,
+            "code": event.code,
+            "detail": event.detail[:MAX_DETAIL_CHARS],
+        }
+    )
+
+
+def encode_state(state: NodeState) -> bytes:
+    message: dict[str, Any] = {"v": PROTOCOL_VERSION, "cluster": state.cluster, "node": state.node, "state": state.state}
+    if state.time_ms is not None:
+        message["t"] = state.time_ms
+    return _pack(message)
+
+
+# --------------------------------------------------------------------------------------- decode
+
+
+def _unpack(payload: bytes, topic: Topic) -> dict[str, Any]:
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise Rejected("too_large", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        message = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise Rejected("malformed", f"not MessagePack: {type(exc).__name__}") from None
+    if not isinstance(message, dict):
+        raise Rejected("malformed", f"top level is {type(message).__name__}, not a map")
+    if message.get("v") != PROTOCOL_VERSION:
+        raise Rejected("version", f"protocol version {str(message.get('v'))[:20]!r}, expected {PROTOCOL_VERSION}")
+    if message.get("cluster") != topic.cluster or message.get("node") != topic.node:
+        raise Rejected(
+            "topic_mismatch",
+            f"payload says {str(message.get('cluster'))[:64]!r}/{str(message.get('node'))[:64]!r}, "
+            f"topic says {topic.cluster}/{topic.node}",
+        )
+    return message
+
+
+def _get(message: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = message.get(key)
+    # bool is an int subclass; a boolean where a number belongs is a schema error
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise Rejected("schema", f"{key!r} must be {_type_names(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _type_names(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _check_time(what: str, time_ms: int, now_ms: int) -> None:
+    if time_ms > now_ms + MAX_FUTURE_MS or time_ms < now_ms - MAX_PAST_MS:
+        raise Rejected("timestamp", f"{what}={time_ms} is too far from now={now_ms}")
+
+
+def _check_int(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not -MAX_ABS_INT <= value <= MAX_ABS_INT:
+        raise Rejected("bad_value", f"value {str(value)[:40]!r} is not a 64-bit integer")
+    return value
+
+
+def _decode_fields(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_FIELDS:
+        raise Rejected("limits", f"'fields' must be a list of at most {MAX_FIELDS} names")
+    for name in raw:
+        _check_name("field", name, _FIELD)
+    if len(set(raw)) != len(raw):
+        raise Rejected("schema", "'fields' repeats a name")
+    return tuple(raw)
+
+
+def _decode_holder(raw: Any, workloads: dict[str, Any]) -> Holder:
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise Rejected("schema", "a holder must be [workload, sm_util_centi, mem_bytes]")
+    workload, sm_util, mem = raw
+    if workload not in workloads:
+        raise Rejected("schema", f"holder names workload {str(workload)[:80]!r} missing from 'workloads'")
+    return Holder(workload, _check_int(sm_util), _check_int(mem))
+
+
+def _decode_gpu(raw: Any, field_count: int, workloads: dict[str, Any]) -> GpuWindow:
+    if not isinstance(raw, list) or len(raw) not in (4, 5):
+        raise Rejected("schema", "a GPU must be [index, uuid, model, values, holders]")
+    index, uuid, model, values = raw[:4]
+    if type(index) is not int or not 0 <= index < MAX_GPUS:
+        raise Rejected("schema", f"GPU index {str(index)[:20]!r} is not 0..{MAX_GPUS - 1}")
+    _check_name("uuid", uuid, _UUID)
+    _check_name("model", model, _MODEL)
+    if not isinstance(values, list) or len(values) != field_count:
+        raise Rejected("schema", f"GPU {index} has {_len(values)} values for {field_count} fields")
+    holders_raw = raw[4] if len(raw) == 5 else []
+    if not isinstance(holders_raw, list) or len(holders_raw) > MAX_HOLDERS:
+        raise Rejected("limits", f"GPU {index} holders must be a list of at most {MAX_HOLDERS}")
+    return GpuWindow(
+        index=index,
+        uuid=uuid,
+        model=model,
+        values=tuple(_check_int(v) for v in values),
+        holders=tuple(_decode_holder(h, workloads) for h in holders_raw),
+    )
+
+
+def _len(value: Any) -> str:
+    return str(len(value)) if isinstance(value, list) else "no list of"
+
+
+def _decode_identity(key: Any, identity: Any) -> dict[str, str | int]:
+    _check_name("workload", key, _WORKLOAD)
+    if not isinstance(identity, dict) or len(identity) > MAX_IDENTITY_KEYS:
+        raise Rejected("limits", f"identity of {key!r} must be a map of at most {MAX_IDENTITY_KEYS} keys")
+    for name, value in identity.items():
+        _check_name("identity key", name, _FIELD)
+        if isinstance(value, str):
+            if len(value) > 256 or _CONTROL.search(value):
+                raise Rejected("bad_name", f"identity {key!r}.{name} is too long or has control characters")
+        elif value is not None:
+            _check_int(value)
+    return identity
+
+
+def _decode_workloads(raw: Any) -> dict[str, dict[str, str | int]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_WORKLOADS:
+        raise Rejected("limits", f"'workloads' must be a map of at most {MAX_WORKLOADS} entries")
+    return {key: _decode_identity(key, identity) for key, identity in raw.items()}
+
+
+def decode_telemetry(payload: bytes, topic: Topic, now_ms: int) -> TelemetryWindow:
+    message = _unpack(payload, topic)
+    seq = _get(message, "seq", int)
+    t0 = _get(message, "t0", int)
+    t1 = _get(message, "t1", int)
+    if not 0 <= seq <= MAX_ABS_INT:
+        raise Rejected("bad_value", f"seq {seq} out of range")
+    if t1 <= t0:
+        raise Rejected("timestamp", f"window ends ({t1}) before it starts ({t0})")
+    _check_time("t1", t1, now_ms)
+    _check_time("t0", t0, now_ms)
+    fields = _decode_fields(message.get("fields"))
+    workloads = _decode_workloads(message.get("workloads"))
+    gpus_raw = message.get("gpus")
+    if not isinstance(gpus_raw, list) or len(gpus_raw) > MAX_GPUS:
+        raise Rejected("limits", f"'gpus' must be a list of at most {MAX_GPUS}")
+    gpus = tuple(_decode_gpu(g, len(fields), workloads) for g in gpus_raw)
+    return TelemetryWindow(topic.cluster, topic.node, seq, t0, t1, fields, gpus, workloads)
+
+
+def decode_event(payload: bytes, topic: Topic, now_ms: int) -> GpuEventMessage:
+    message = _unpack(payload, topic)
+    time_ms = _get(message, "t", int)
+    _check_time("t", time_ms, now_ms)
+    gpu = _get(message, "gpu", int)
+    if not 0 <= gpu < MAX_GPUS:
+        raise Rejected("schema", f"GPU index {gpu} is not 0..{MAX_GPUS - 1}")
+    uuid = message.get("uuid")
+    _check_name("uuid", uuid, _UUID)
+    kind = message.get("kind")
+    if kind not in EVENT_KINDS:
+        raise Rejected("schema", f"event kind {str(kind)[:40]!r} is not one of {sorted(EVENT_KINDS)}")
+    code = _check_int(_get(message, "code", int))
+    detail = message.get("detail", "")
+    if not isinstance(detail, str) or len(detail) > MAX_DETAIL_CHARS or _CONTROL.search(detail):
+        raise Rejected("schema", f"'detail' must be text of at most {MAX_DETAIL_CHARS} printable characters")
+    return GpuEventMessage(topic.cluster, topic.node, time_ms, gpu, uuid, kind, code, detail)
+
+
+def decode_state(payload: bytes, topic: Topic, now_ms: int) -> NodeState:
+    message = _unpack(payload, topic)
+    state = message.get("state")
+    if state not in NODE_STATES:
+        raise Rejected("schema", f"state {str(state)[:40]!r} is not online or offline")
+    time_ms = message.get("t")
+    # A retained state may be months old and still true, so only the future is refused here.
+    if time_ms is not None and _get(message, "t", int) > now_ms + MAX_FUTURE_MS:
+        raise Rejected("timestamp", f"t={time_ms} is in the future (now={now_ms})")
+    return NodeState(topic.cluster, topic.node, state, time_ms)
