@@ -250,6 +250,7 @@ class _Service:
         self.start()
 
     def kill(self) -> None:
+        """SIGKILL, as in a crash: Mosquitto loses what it had not saved. start() works after."""
         for daemon in reversed(self._daemons):
             daemon.kill()
 
