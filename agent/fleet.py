@@ -13,7 +13,8 @@ from gpufleet import wire
 from gpufleet.mqtt import BrokerAddress, MqttLink, TlsFiles
 
 from .node import AgentStats, Cadence, NodeAgent, last_will
-from .simulate import SimulatedGpuSource
+from .simulate import DEFAULT_TENANTS, SimulatedGpuSource
+from .workloads import WorkloadResolver
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ class FleetPlan:
     cadence: Cadence
     windows: int  # per node
     seed: int = 0
+    tenants: tuple[str, ...] = DEFAULT_TENANTS  # () for GPUs that nobody holds
+    xid_rate_per_gpu_hour: float = 0.5
 
     def node_names(self) -> list[str]:
         return [f"node{i:05d}" for i in range(self.nodes)]
@@ -36,6 +39,7 @@ class FleetResult:
     plan: FleetPlan
     stats: dict[str, AgentStats] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)  # node -> why it stopped early
+    sources: dict[str, SimulatedGpuSource] = field(default_factory=dict)  # their `truth` is the ground truth
 
     @property
     def windows_acknowledged(self) -> int:
@@ -59,9 +63,14 @@ async def run_fleet(
     result = FleetResult(plan)
     agents = {}
     for i, node in enumerate(plan.node_names()):
-        source = SimulatedGpuSource(node, plan.gpus_per_node, seed=plan.seed * 1_000_003 + i)
-        agents[node] = NodeAgent(plan.cluster, node, source, plan.cadence, record=record)
+        source = SimulatedGpuSource(
+            node, plan.gpus_per_node, seed=plan.seed * 1_000_003 + i, tenants=plan.tenants,
+            xid_rate_per_gpu_hour=plan.xid_rate_per_gpu_hour,
+        )
+        workloads = WorkloadResolver(source.identity_of, source.allocations)
+        agents[node] = NodeAgent(plan.cluster, node, source, plan.cadence, workloads=workloads, record=record)
         result.stats[node] = agents[node].stats
+        result.sources[node] = source
     outcomes = await asyncio.gather(
         *(_run_node(agent, broker, tls, plan.windows) for agent in agents.values()), return_exceptions=True
     )

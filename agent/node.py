@@ -17,7 +17,8 @@ from gpufleet import wire
 from gpufleet.mqtt import LastWill, MqttLink
 
 from .readings import GpuEvent, GpuSource
-from .window import GpuWindowValues, WindowAggregator
+from .window import WindowAggregator
+from .workloads import WorkloadResolver
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class NodeAgent:
         source: GpuSource,
         cadence: Cadence,
         *,
+        workloads: WorkloadResolver | None = None,
         first_seq: int = 0,
         record: bool = False,
         clock: Callable[[], float] = time.time,
@@ -71,6 +73,7 @@ class NodeAgent:
         self._record = record
         self._clock = clock
         self._aggregator = WindowAggregator(cadence.sample_ms)
+        self._workloads = workloads
         self.stats = AgentStats()
 
     async def run(self, link: MqttLink, *, max_windows: int | None = None, stop: asyncio.Event | None = None) -> None:
@@ -117,6 +120,11 @@ class NodeAgent:
         return start_ms
 
     def _window_message(self, t0_ms: int, t1_ms: int) -> tuple[str, bytes, int]:
+        closed = self._aggregator.close()
+        if self._workloads is not None:
+            gpus, workloads = self._workloads.annotate(closed)
+        else:
+            gpus, workloads = tuple(wire.GpuWindow(g.index, g.uuid, g.model, g.values) for g in closed), {}
         window = wire.TelemetryWindow(
             cluster=self.cluster,
             node=self.node,
@@ -124,7 +132,8 @@ class NodeAgent:
             t0_ms=t0_ms,
             t1_ms=t1_ms,
             fields=self._aggregator.field_names,
-            gpus=tuple(_gpu_window(g) for g in self._aggregator.close()),
+            gpus=gpus,
+            workloads=workloads,
         )
         self._seq += 1
         if self._record:
@@ -147,10 +156,6 @@ class NodeAgent:
                 self.stats.gpu_windows_published += gpu_count
             else:
                 self.stats.events_published += 1
-
-
-def _gpu_window(values: GpuWindowValues) -> wire.GpuWindow:
-    return wire.GpuWindow(values.index, values.uuid, values.model, values.values)
 
 
 async def _sleep_until(deadline: float, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> bool:

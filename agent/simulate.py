@@ -1,9 +1,15 @@
 """Simulated GPUs: a GpuSource for machines without GPUs (demos, load tests, `--simulate N`).
 
-Each GPU runs a workload that changes phase now and then (idle, inference, training); power
-follows utilisation with noise and short spikes, temperature follows power with a lag, the energy
-counter integrates the power actually drawn over the time that actually passed, and rare ECC
-corrections and XID events occur. Seeded, so a run can be replayed.
+Tenants' jobs come and go (Slurm jobs billed to a Slurm account, Kubernetes pods in a namespace
+named after the tenant): jobs take 1-8 GPUs, some sit allocated without running anything (idle
+waste, visible only through the job mapping), and small inference pods share busy GPUs. A GPU's
+utilisation follows the phase of what runs on it (inference, training) or is 0; power follows
+utilisation with noise and short spikes, temperature follows power with a lag, the energy counter
+integrates the power actually drawn over the time that actually passed, and rare ECC corrections
+and XID events occur. Seeded, so a run can be replayed.
+
+`truth` records, per sample and GPU, which tenant should pay which fraction of that sample's
+time: the ground truth that attribution in the collector is checked against.
 """
 
 from __future__ import annotations
@@ -11,10 +17,15 @@ from __future__ import annotations
 import random
 import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
 
-from .readings import GpuEvent, GpuReading
+from .readings import GpuEvent, GpuProcess, GpuReading
+
+DEFAULT_TENANTS = ("lab-a", "lab-b", "lab-c", "lab-d")
+UNALLOCATED = "unallocated"
 
 # (model, power limit W, idle W, memory bytes, SM max MHz, memory MHz)
 _MODELS = {
@@ -41,6 +52,7 @@ class _SimGpu:
     mem_mhz: int
     phase: str = "idle"
     phase_until: float = 0.0
+    holders: list[tuple[_Job, int]] = field(default_factory=list)  # (job, SM weight) of running jobs
     util: float = 0.0
     temp_c: float = 35.0
     energy_mj: int = 0
@@ -48,6 +60,86 @@ class _SimGpu:
     pcie_tx: int = 0
     pcie_rx: int = 0
     last_t: float | None = None
+
+
+@dataclass(eq=False)
+class _Job:
+    job_id: int
+    tenant: str
+    kind: str  # slurm_job | k8s_pod
+    gpus: list[int]
+    idle: bool  # allocated, nothing runs: the tenant pays for an idle GPU
+    ends_after: int  # samples left
+    pids: dict[int, int] = field(default_factory=dict)  # GPU index -> pid
+
+    def identity(self, node: str) -> dict[str, Any]:
+        if self.kind == "slurm_job":
+            return {
+                "kind": "slurm_job", "job": str(self.job_id), "step": "0",
+                "account": self.tenant, "user": f"{self.tenant}-user", "partition": "gpu",
+            }
+        pod_uid = f"{zlib.crc32(f'{node}/{self.job_id}'.encode()):08x}-0000-4000-8000-{self.job_id:012x}"
+        return {"kind": "k8s_pod", "pod_uid": pod_uid, "container": f"{self.job_id:064x}"[:64], "namespace": self.tenant}
+
+
+class _Scheduler:
+    """Tenants' jobs on one node's GPUs, changed once per sample."""
+
+    def __init__(self, node: str, rng: random.Random, tenants: Sequence[str], gpu_count: int) -> None:
+        self._node = node
+        self._rng = rng
+        self._tenants = tenants
+        self._gpu_count = gpu_count
+        self._next_job = zlib.crc32(node.encode()) % 100_000 * 1000
+        self._next_pid = 10_000
+        self.jobs: list[_Job] = []
+        self.pids: dict[int, _Job] = {}
+
+    def step(self) -> None:
+        for job in list(self.jobs):
+            job.ends_after -= 1
+            if job.ends_after <= 0:
+                self._end(job)
+        if self._tenants:
+            self._start_jobs()
+
+    def _end(self, job: _Job) -> None:
+        self.jobs.remove(job)
+        for pid in job.pids.values():
+            self.pids.pop(pid, None)
+
+    def _start_jobs(self) -> None:
+        allocated = {gpu for job in self.jobs for gpu in job.gpus}
+        free = [g for g in range(self._gpu_count) if g not in allocated]
+        if free and self._rng.random() < 0.3:
+            size = min(len(free), self._rng.choice((1, 1, 2, 4, 8)))
+            self._start(self._rng.sample(free, size), idle=self._rng.random() < 0.2)
+        running_alone = [g for g in allocated if sum(1 for j in self.jobs if g in j.gpus and not j.idle) == 1]
+        if running_alone and self._rng.random() < 0.1:
+            self._start([self._rng.choice(running_alone)], idle=False, kind="k8s_pod")
+
+    def _start(self, gpus: list[int], *, idle: bool, kind: str | None = None) -> None:
+        self._next_job += 1
+        job = _Job(
+            self._next_job,
+            self._rng.choice(self._tenants),
+            kind or self._rng.choice(("slurm_job", "slurm_job", "k8s_pod")),
+            sorted(gpus),
+            idle,
+            max(1, round(self._rng.expovariate(1 / 30))),
+        )
+        if not idle:
+            for gpu in job.gpus:
+                self._next_pid += 1
+                job.pids[gpu] = self._next_pid
+                self.pids[self._next_pid] = job
+        self.jobs.append(job)
+
+    def running_on(self, gpu: int) -> list[_Job]:
+        return [job for job in self.jobs if gpu in job.pids]
+
+    def allocated_to(self, gpu: int) -> list[_Job]:
+        return [job for job in self.jobs if gpu in job.gpus]
 
 
 def _uuid_for(node: str, index: int) -> str:
@@ -64,9 +156,13 @@ class SimulatedGpuSource:
         seed: int | None = None,
         model: str = "h100",
         xid_rate_per_gpu_hour: float = 0.5,
+        tenants: Sequence[str] = DEFAULT_TENANTS,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.node = node
         self._rng = random.Random(seed if seed is not None else zlib.crc32(node.encode()))
+        self._scheduler = _Scheduler(node, self._rng, tuple(tenants), gpu_count)
+        self.truth: list[dict[int, dict[str, Fraction]]] = []  # per sample: GPU -> tenant -> share
         self._clock = clock
         self._xid_rate_per_s = xid_rate_per_gpu_hour / 3600
         name, limit, idle, mem, sm, memclk = _MODELS[model]
@@ -75,7 +171,42 @@ class SimulatedGpuSource:
 
     def sample(self) -> list[GpuReading]:
         now = self._clock()
-        return [self._sample_gpu(gpu, now) for gpu in self._gpus]
+        self._scheduler.step()
+        readings = [self._sample_gpu(gpu, now) for gpu in self._gpus]
+        self.truth.append({gpu.index: self._truth(gpu.index) for gpu in self._gpus})
+        return readings
+
+    def identity_of(self, pid: int) -> dict[str, Any]:
+        """What /proc would say of a simulated process (the agent's identity resolver)."""
+        job = self._scheduler.pids.get(pid)
+        if job is None:
+            return {"pid": pid, "kind": None, "error": "no such process"}
+        return {"pid": pid, **job.identity(self.node)}
+
+    def allocations(self) -> dict[int, list[dict[str, Any]]]:
+        """What a job-mapping directory would say: GPU index -> identities of the jobs holding it."""
+        return {
+            gpu.index: [{"pid": None, **job.identity(self.node)} for job in jobs]
+            for gpu in self._gpus
+            if (jobs := self._scheduler.allocated_to(gpu.index))
+        }
+
+    def _truth(self, index: int) -> dict[str, Fraction]:
+        running = self._scheduler.running_on(index)
+        if running:
+            weights = {job: weight for job, weight in self._gpus[index].holders}
+            total = sum(weights.values())
+            shares: dict[str, Fraction] = {}
+            for job in running:
+                shares[job.tenant] = shares.get(job.tenant, Fraction(0)) + Fraction(weights[job], total)
+            return shares
+        owners = self._scheduler.allocated_to(index)
+        if owners:  # allocated, idle: split equally among the jobs holding it
+            shares = {}
+            for job in owners:
+                shares[job.tenant] = shares.get(job.tenant, Fraction(0)) + Fraction(1, len(owners))
+            return shares
+        return {UNALLOCATED: Fraction(1)}
 
     def poll_events(self) -> list[GpuEvent]:
         events, self._events = self._events, []
@@ -96,15 +227,34 @@ class SimulatedGpuSource:
         gpu.pcie_tx += int(gpu.util * dt * 2e7 * self._rng.random())
         gpu.pcie_rx += int(gpu.util * dt * 4e7 * self._rng.random())
         self._rare_errors(gpu, dt, now)
-        return GpuReading(gpu.index, gpu.uuid, gpu.model, self._values(gpu, power_w))
+        return GpuReading(gpu.index, gpu.uuid, gpu.model, self._values(gpu, power_w), self._processes(gpu))
+
+    def _processes(self, gpu: _SimGpu) -> list[GpuProcess]:
+        total = sum(weight for _, weight in gpu.holders)
+        return [
+            GpuProcess(job.pids[gpu.index], int(gpu.mem_total * 0.8 * weight / total), gpu.util * weight / total)
+            for job, weight in gpu.holders
+        ]
 
     def _advance_phase(self, gpu: _SimGpu, now: float) -> None:
+        if self._scheduler._tenants:
+            self._follow_jobs(gpu)
         if now >= gpu.phase_until:
             name, (low, high), mean_s = self._rng.choice(_PHASES)
+            if self._scheduler._tenants:  # with tenants, what runs decides whether the GPU is busy
+                name, (low, high), mean_s = (_PHASES[2] if len(gpu.holders) == 1 else _PHASES[1]) if gpu.holders else _PHASES[0]
             gpu.phase, gpu.phase_until = name, now + self._rng.expovariate(1 / mean_s)
             gpu.util = self._rng.uniform(low, high)
         if gpu.phase != "idle":
-            gpu.util = min(100.0, max(0.0, gpu.util + self._rng.gauss(0, 3)))
+            gpu.util = min(100.0, max(1.0, gpu.util + self._rng.gauss(0, 3)))
+
+    def _follow_jobs(self, gpu: _SimGpu) -> None:
+        """Keep the GPU's holders (and SM weights) in step with the jobs running on it."""
+        running = self._scheduler.running_on(gpu.index)
+        before = {job for job, _ in gpu.holders}
+        if set(running) != before:
+            gpu.holders = [(job, self._rng.randint(1, 4)) for job in running]
+            gpu.phase_until = 0.0  # what runs changed: pick a new phase now
 
     def _power(self, gpu: _SimGpu) -> float:
         power = gpu.idle_w + (gpu.limit_w - gpu.idle_w) * (gpu.util / 100) ** 1.3 * self._rng.uniform(0.9, 1.02)

@@ -8,11 +8,14 @@ Every tag value here has already passed wire validation; escaping is the second 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from functools import cache
 
+from gpufleet.collector.attribute import TenantShare
+
 from gpufleet.catalogue import gpu_window_field_by_name
-from gpufleet.wire import GpuEventMessage, NodeState, TelemetryWindow
+from gpufleet.wire import GpuEventMessage, GpuWindow, NodeState, TelemetryWindow
 
 _ESCAPE_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\\": "\\\\", "\n": r"\n"})
 _ESCAPE_STRING = str.maketrans({'"': r"\"", "\\": "\\\\"})
@@ -71,6 +74,23 @@ def gpu_lines(window: TelemetryWindow, plan: list[tuple[int, str, int | None]]) 
             f"gpu{node_tags},gpu={gpu.index},model={tag(gpu.model)}{node_tail},uuid={tag(gpu.uuid)} {','.join(fields)}"
         )
     return lines
+
+
+def tenant_usage_line(
+    window: TelemetryWindow, gpu: GpuWindow, share: TenantShare, workloads: dict[str, dict]
+) -> str:
+    """One tenant's part of one GPU-window; ms and mJ become s and J exactly (n/1000 in repr)."""
+    tags = f",cluster={tag(window.cluster)},gpu={gpu.index},model={tag(gpu.model)},node={tag(window.node)},tenant={tag(share.tenant)}"
+    fields = [f"gpu_s={share.gpu_ms / 1000!r}"]
+    if share.busy_ms is not None:
+        fields.append(f"busy_gpu_s={share.busy_ms / 1000!r},idle_gpu_s={(share.gpu_ms - share.busy_ms) / 1000!r}")
+    if share.energy_mj is not None:
+        fields.append(f"energy_j={share.energy_mj / 1000!r}")
+    if share.peak_mem_bytes is not None:
+        fields.append(f"peak_mem_bytes={share.peak_mem_bytes}i")
+    fields.append(f"uuid={string_field(gpu.uuid)}")
+    fields.append(f"workloads={string_field(json.dumps(workloads, sort_keys=True, separators=(',', ':')))}")
+    return f"tenant_usage{tags} {','.join(fields)} {window.t0_ms * _NS_PER_MS}"
 
 
 def event_line(event: GpuEventMessage) -> str:

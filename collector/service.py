@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpufleet import wire
@@ -20,6 +21,7 @@ from . import lineproto
 from .buffer import WriteBuffer
 from .influx import InfluxWriter, WriteFailed
 from .pipeline import Pipeline
+from .tenants import TenantRules
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,15 @@ class RateLimitedLog:
 
 
 class Collector:
-    def __init__(self, broker: BrokerAddress, writer: InfluxWriter, options: CollectorOptions, tls: TlsFiles | None = None):
-        self.pipeline = Pipeline()
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        writer: InfluxWriter,
+        options: CollectorOptions,
+        tls: TlsFiles | None = None,
+        tenant_rules: Callable[[], TenantRules] = TenantRules,
+    ):
+        self.pipeline = Pipeline(tenant_rules)
         self.buffer = WriteBuffer(options.max_buffer_lines)
         self.points_written = 0
         self.lines_refused = 0  # lines InfluxDB refused for good (400): counted, never retried

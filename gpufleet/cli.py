@@ -109,15 +109,17 @@ def collector(
     group: Annotated[str | None, typer.Option(help="Shared-subscription group (default gpufleet)")] = None,
     client_id: Annotated[str | None, typer.Option(help="MQTT client id, unique per collector")] = None,
     batch_lines: Annotated[int | None, typer.Option(help="Lines per InfluxDB write (default 5000)")] = None,
+    tenants_file: Annotated[Path | None, typer.Option(help="Tenant rules (TOML); re-read when it changes")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Subscribe to the fleet, validate, and write InfluxDB points in batches."""
+    """Subscribe to the fleet, validate, attribute to tenants, and write InfluxDB points in batches."""
     _setup_logging(verbose)
     settings = _load(
         cfg.CollectorConfig,
         dict(
             broker=broker, influx_url=influx_url, bucket=bucket, influx_org=influx_org,
             influx_token_file=influx_token_file, group=group, client_id=client_id, batch_lines=batch_lines,
+            tenants_file=tenants_file,
         ),
         config,
     )

@@ -133,6 +133,7 @@ class CollectorConfig(_MqttSettings):
     batch_lines: int = Field(5000, ge=1, le=1_000_000)
     flush_interval: float = Field(1.0, gt=0, le=60)
     max_buffer_lines: int = Field(2_000_000, ge=1000)
+    tenants_file: Path | None = None  # tenant rules (TOML [tenants]); re-read when it changes
 
     @field_validator("group")
     @classmethod

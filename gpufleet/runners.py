@@ -109,6 +109,15 @@ async def _agent_forever(agent, settings: cfg.AgentConfig, stop: asyncio.Event) 
             await asyncio.sleep(delay)
 
 
+def _tenant_rules(settings: cfg.CollectorConfig):  # -> Callable[[], TenantRules]
+    from gpufleet.collector.tenants import RulesFile, TenantRules  # noqa: PLC0415
+
+    if settings.tenants_file is None:
+        log.warning("no tenants_file: every workload is billed to 'unallocated'")
+        return TenantRules
+    return RulesFile(settings.tenants_file).current
+
+
 def run_collector(settings: cfg.CollectorConfig) -> int:
     from gpufleet.collector.influx import InfluxWriter, read_token  # noqa: PLC0415
     from gpufleet.collector.service import Collector, CollectorOptions  # noqa: PLC0415
@@ -122,7 +131,12 @@ def run_collector(settings: cfg.CollectorConfig) -> int:
         flush_interval_s=settings.flush_interval,
         max_buffer_lines=settings.max_buffer_lines,
     )
-    collector = Collector(settings.broker_address, writer, options, tls=settings.tls)
+    try:
+        rules = _tenant_rules(settings)
+    except (OSError, ValueError) as exc:
+        log.error("tenant rules: %s", exc)
+        return 2
+    collector = Collector(settings.broker_address, writer, options, tls=settings.tls, tenant_rules=rules)
     log.info("collector %s: %s -> %s bucket %s", settings.client_id, settings.broker, settings.influx_url, settings.bucket)
     try:
         _run_until_signalled(collector.run)

@@ -11,8 +11,12 @@ its numbers. A field the GPU does not support is nil (absent), never zero.
 
     {"v": 1, "cluster": "c1", "node": "n1", "seq": 42, "t0": <ms>, "t1": <ms>,
      "fields": ["power_w", "energy_j", ...],
-     "gpus": [[index, uuid, model, [values...], [[workload, sm_util_centi, mem_bytes], ...]], ...],
+     "gpus": [[index, uuid, model, [values...], [[workload, sm_util_centi, mem_bytes], ...], [owner, ...]], ...],
      "workloads": {"slurm:123": {"kind": "slurm_job", "job": "123", ...}, ...}}
+
+A GPU's holders are the workloads whose processes ran on it in the window; its owners are the
+workloads the node's scheduler allocated it to (job-mapping directory, static map), which pay
+for it even when nothing runs (idle waste). Both name entries of "workloads".
 
 `decode_*` never raises anything but `Rejected`, whose `reason` is one of REJECT_REASONS: the
 collector counts rejections per reason, so the set is fixed and small.
@@ -59,7 +63,8 @@ REJECT_REASONS = (
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _UUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,95}")
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._()/+-]{0,95}")  # "NVIDIA H100 80GB HBM3"
-_WORKLOAD = re.compile(r"[A-Za-z0-9][A-Za-z0-9:/._@+-]{0,127}")
+# Workload keys never become tags; `\` appears in escaped systemd unit names (foo\x2dbar.service).
+_WORKLOAD = re.compile(r"[A-Za-z0-9][A-Za-z0-9:/._@+\\-]{0,127}")
 _FIELD = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -143,6 +148,7 @@ class GpuWindow:
     model: str
     values: tuple[int | None, ...]  # aligned with TelemetryWindow.fields; None = absent
     holders: tuple[Holder, ...] = ()
+    owners: tuple[str, ...] = ()  # workloads the scheduler allocated this GPU to
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +192,14 @@ def _pack(obj: dict[str, Any]) -> bytes:
 
 def encode_telemetry(window: TelemetryWindow) -> bytes:
     gpus = [
-        [g.index, g.uuid, g.model, list(g.values), [[h.workload, h.sm_util_centi, h.mem_bytes] for h in g.holders]]
+        [
+            g.index,
+            g.uuid,
+            g.model,
+            list(g.values),
+            [[h.workload, h.sm_util_centi, h.mem_bytes] for h in g.holders],
+            list(g.owners),
+        ]
         for g in window.gpus
     ]
     message = {
@@ -296,8 +309,8 @@ def _decode_holder(raw: Any, workloads: dict[str, Any]) -> Holder:
 
 
 def _decode_gpu(raw: Any, field_count: int, workloads: dict[str, Any]) -> GpuWindow:
-    if not isinstance(raw, list) or len(raw) not in (4, 5):
-        raise Rejected("schema", "a GPU must be [index, uuid, model, values, holders]")
+    if not isinstance(raw, list) or len(raw) not in (4, 5, 6):
+        raise Rejected("schema", "a GPU must be [index, uuid, model, values, holders, owners]")
     index, uuid, model, values = raw[:4]
     if type(index) is not int or not 0 <= index < MAX_GPUS:
         raise Rejected("schema", f"GPU index {str(index)[:20]!r} is not 0..{MAX_GPUS - 1}")
@@ -305,15 +318,21 @@ def _decode_gpu(raw: Any, field_count: int, workloads: dict[str, Any]) -> GpuWin
     _check_name("model", model, _MODEL)
     if not isinstance(values, list) or len(values) != field_count:
         raise Rejected("schema", f"GPU {index} has {_len(values)} values for {field_count} fields")
-    holders_raw = raw[4] if len(raw) == 5 else []
-    if not isinstance(holders_raw, list) or len(holders_raw) > MAX_HOLDERS:
-        raise Rejected("limits", f"GPU {index} holders must be a list of at most {MAX_HOLDERS}")
+    holders_raw = raw[4] if len(raw) > 4 else []
+    owners_raw = raw[5] if len(raw) > 5 else []
+    for name, items in (("holders", holders_raw), ("owners", owners_raw)):
+        if not isinstance(items, list) or len(items) > MAX_HOLDERS:
+            raise Rejected("limits", f"GPU {index} {name} must be a list of at most {MAX_HOLDERS}")
+    for owner in owners_raw:
+        if owner not in workloads:
+            raise Rejected("schema", f"owner {str(owner)[:80]!r} missing from 'workloads'")
     return GpuWindow(
         index=index,
         uuid=uuid,
         model=model,
         values=tuple(_check_int(v) for v in values),
         holders=tuple(_decode_holder(h, workloads) for h in holders_raw),
+        owners=tuple(owners_raw),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from gpufleet import localstack
+from gpufleet import localstack, wire
+from gpufleet.agent.fleet import FleetPlan, FleetResult, run_fleet
+from gpufleet.agent.node import Cadence
+from gpufleet.mqtt import BrokerAddress, MqttLink
+
+REPO = Path(__file__).resolve().parents[2]
+TENANTS_FILE = REPO / "systemd" / "tenants.toml"  # the rules shipped for the simulator's tenants
 
 
 class CollectorProcess:
@@ -54,6 +61,13 @@ class CollectorProcess:
         self._log.close()
 
 
+def collector_args(broker: str, influx_url: str, bucket: str, group: str, client_id: str) -> list[str]:
+    return [
+        "--broker", broker, "--influx-url", influx_url, "--bucket", bucket, "--group", group,
+        "--client-id", client_id, "--tenants-file", str(TENANTS_FILE),
+    ]
+
+
 @pytest.fixture
 def start_collector(
     tmp_path: Path, mosquitto: localstack.Mosquitto, influxdb: localstack.InfluxDB, bucket: str, cluster_name: str
@@ -63,10 +77,8 @@ def start_collector(
     env = {**os.environ, "GPUFLEET_INFLUX_TOKEN": "test-token"}
 
     def start(name: str = "a", *extra: str) -> CollectorProcess:
-        args = [
-            "--broker", mosquitto.url, "--influx-url", influxdb.url, "--bucket", bucket,
-            "--group", f"g{cluster_name}", "--client-id", f"collector-{cluster_name}-{name}", *extra,
-        ]
+        args = collector_args(mosquitto.url, influxdb.url, bucket, f"g{cluster_name}", f"collector-{cluster_name}-{name}")
+        args += extra
         process = CollectorProcess(args, tmp_path / f"collector-{name}.log", env)
         started.append(process)
         process.wait_for_log("subscribed to")
@@ -84,3 +96,61 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def count_points(influxdb: localstack.InfluxDB, bucket: str, measurement: str, cluster: str) -> int:
+    rows = influxdb.rows(f"SELECT count(gpu_s) FROM {measurement} WHERE cluster = '{cluster}'", bucket) if (
+        measurement == "tenant_usage"
+    ) else influxdb.rows(f"SELECT count(seq) FROM {measurement} WHERE cluster = '{cluster}'", bucket)
+    return rows[0]["count"] if rows else 0
+
+
+class FleetDb:
+    """A database after a simulated fleet with tenants, XID events and a lost GPU ran through the
+    real broker and the real collector: what dashboards and reports are checked against."""
+
+    def __init__(self, influxdb: localstack.InfluxDB, bucket: str, cluster: str, result: FleetResult) -> None:
+        self.influxdb = influxdb
+        self.bucket = bucket
+        self.cluster = cluster
+        self.result = result
+
+
+FLEET_NODES, FLEET_GPUS, FLEET_WINDOWS = 4, 8, 30
+
+
+@pytest.fixture(scope="session")
+def fleet_db(
+    tmp_path_factory: pytest.TempPathFactory, mosquitto: localstack.Mosquitto, influxdb: localstack.InfluxDB
+) -> FleetDb:
+    bucket, cluster = "fleet_" + os.urandom(4).hex(), "fleet"
+    influxdb.create_database(bucket)
+    log_dir = tmp_path_factory.mktemp("fleet_db")
+    env = {**os.environ, "GPUFLEET_INFLUX_TOKEN": "test-token"}
+    collector = CollectorProcess(
+        collector_args(mosquitto.url, influxdb.url, bucket, f"g{bucket}", f"collector-{bucket}"), log_dir / "collector.log", env
+    )
+    try:
+        collector.wait_for_log("subscribed to")
+        plan = FleetPlan(
+            cluster, FLEET_NODES, FLEET_GPUS, Cadence(sample_ms=200, publish_ms=200), FLEET_WINDOWS,
+            seed=11, xid_rate_per_gpu_hour=200.0,
+        )
+        result = asyncio.run(_fleet_with_a_lost_gpu(plan, BrokerAddress.parse(mosquitto.url)))
+        assert result.complete, result.failures
+        expected = FLEET_NODES * FLEET_GPUS * FLEET_WINDOWS
+        wait_until(lambda: count_points(influxdb, bucket, "gpu", cluster) >= expected, 60, "the fleet's GPU points")
+        assert collector.stop() == 0, collector.log()[-3000:]
+    finally:
+        collector.kill()
+    return FleetDb(influxdb, bucket, cluster, result)
+
+
+async def _fleet_with_a_lost_gpu(plan: FleetPlan, broker: BrokerAddress) -> FleetResult:
+    """The fleet, plus the event an agent sends when a GPU falls off the bus (XID 79)."""
+    result = await run_fleet(plan, broker, record=True)
+    node = plan.node_names()[-1]
+    lost = wire.GpuEventMessage(plan.cluster, node, int(time.time() * 1000), 3, "GPU-lost-3", "gpu_lost", 0, "GPU is lost")
+    async with MqttLink(broker, f"test-{plan.cluster}-{node}-events") as link:
+        await link.publish(wire.events_topic(plan.cluster, node), wire.encode_event(lost))
+    return result

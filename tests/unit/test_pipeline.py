@@ -2,6 +2,7 @@
 
 from gpufleet.collector.buffer import WriteBuffer
 from gpufleet.collector.pipeline import Pipeline
+from gpufleet.collector.tenants import TenantRules
 from gpufleet import wire
 
 NOW = 1_767_225_600_000
@@ -19,7 +20,8 @@ def telemetry(node="n1", gpus=2) -> bytes:
 def test_telemetry_becomes_one_line_per_gpu_and_unknown_fields_are_counted():
     pipeline = Pipeline()
     lines, rejection = pipeline.handle("gpufleet/v1/c1/n1/telemetry", telemetry(), NOW)
-    assert rejection is None and len(lines) == 2
+    assert rejection is None
+    assert [line.split(",")[0] for line in lines] == ["gpu", "gpu", "tenant_usage", "tenant_usage"]
     assert "mystery_field" not in lines[0]
     assert pipeline.counters.gpu_windows == 2 and pipeline.counters.unknown_fields == 1
 
@@ -47,3 +49,62 @@ def test_buffer_drops_oldest_past_its_bound_and_counts_it():
     assert buffer.dropped == 2
     buffer.commit(len(batch))
     assert buffer.peek(10) == ["c", "d", "e"]
+
+
+RULES = TenantRules.from_toml(
+    """
+[[tenants.rule]]
+tenant = "lab-a"
+match = { slurm_account = "acct-a" }
+[[tenants.rule]]
+tenant = "lab-b"
+match = { k8s_namespace = "team-b" }
+"""
+)
+
+
+def shared_window() -> bytes:
+    """GPU 0 shared 3:1 by SM between a Slurm job of lab-a and a pod of lab-b; GPU 1 allocated
+    to the job but idle; GPU 2 nobody's. 10 s windows, 3001 J on GPU 0 (odd on purpose).
+    The job's user name is hostile: it must stay inside one string field."""
+    workloads = {
+        "slurm:42": {"kind": "slurm_job", "job": "42", "account": "acct-a", "user": 'x" y,z=1 \\'},
+        "k8s:p-1/c": {"kind": "k8s_pod", "pod_uid": "p-1", "container": "c", "namespace": "team-b"},
+    }
+    gpus = (
+        wire.GpuWindow(0, "GPU-0", "H100", (3_001_000, 9000), (wire.Holder("slurm:42", 6000, 10), wire.Holder("k8s:p-1/c", 2000, 5))),
+        wire.GpuWindow(1, "GPU-1", "H100", (700_000, 0), (), ("slurm:42",)),
+        wire.GpuWindow(2, "GPU-2", "H100", (700_000, 0)),
+    )
+    return wire.encode_telemetry(
+        wire.TelemetryWindow("c1", "n1", 1, NOW - 10_000, NOW, ("energy_j", "util_gpu_pct"), gpus, workloads)
+    )
+
+
+JOB_JSON = r'"{\"slurm:42\":{\"account\":\"acct-a\",\"job\":\"42\",\"kind\":\"slurm_job\",\"user\":\"x\\\" y,z=1 \\\\\"}}"'
+POD_JSON = r'"{\"k8s:p-1/c\":{\"container\":\"c\",\"kind\":\"k8s_pod\",\"namespace\":\"team-b\",\"pod_uid\":\"p-1\"}}"'
+
+
+def test_a_gpu_window_is_split_among_tenants_to_the_last_millisecond_and_millijoule():
+    lines, rejection = Pipeline(lambda: RULES).handle("gpufleet/v1/c1/n1/telemetry", shared_window(), NOW)
+    assert rejection is None
+    usage = [line for line in lines if line.startswith("tenant_usage")]
+    ts = f" {(NOW - 10_000) * 1_000_000}"
+    assert usage == [
+        "tenant_usage,cluster=c1,gpu=0,model=H100,node=n1,tenant=lab-a gpu_s=7.5,busy_gpu_s=6.75,idle_gpu_s=0.75,"
+        f'energy_j=2250.75,peak_mem_bytes=10i,uuid="GPU-0",workloads={JOB_JSON}{ts}',
+        "tenant_usage,cluster=c1,gpu=0,model=H100,node=n1,tenant=lab-b gpu_s=2.5,busy_gpu_s=2.25,idle_gpu_s=0.25,"
+        f'energy_j=750.25,peak_mem_bytes=5i,uuid="GPU-0",workloads={POD_JSON}{ts}',
+        "tenant_usage,cluster=c1,gpu=1,model=H100,node=n1,tenant=lab-a gpu_s=10.0,busy_gpu_s=0.0,idle_gpu_s=10.0,"
+        f'energy_j=700.0,uuid="GPU-1",workloads={JOB_JSON}{ts}',
+        "tenant_usage,cluster=c1,gpu=2,model=H100,node=n1,tenant=unallocated gpu_s=10.0,busy_gpu_s=0.0,idle_gpu_s=10.0,"
+        f'energy_j=700.0,uuid="GPU-2",workloads="{{}}"{ts}',
+    ]
+
+
+def test_negative_energy_rejects_the_message():
+    window = wire.TelemetryWindow(
+        "c1", "n1", 1, NOW - 1000, NOW, ("energy_j",), (wire.GpuWindow(0, "GPU-0", "T4", (-5,)),)
+    )
+    lines, rejection = Pipeline().handle("gpufleet/v1/c1/n1/telemetry", wire.encode_telemetry(window), NOW)
+    assert lines == [] and rejection.reason == "bad_value"

@@ -20,7 +20,7 @@ def window(**changes) -> TelemetryWindow:
         fields=("power_w", "energy_j", "temp_gpu_c"),
         gpus=(
             GpuWindow(0, "GPU-abc", "NVIDIA H100 80GB HBM3", (312460, 3124600, 61), (Holder("slurm:1", 9500, 1 << 30),)),
-            GpuWindow(1, "GPU-def", "NVIDIA H100 80GB HBM3", (70000, None, 35)),
+            GpuWindow(1, "GPU-def", "NVIDIA H100 80GB HBM3", (70000, None, 35), (), ("slurm:1",)),
         ),
         workloads={"slurm:1": {"kind": "slurm_job", "job": "1", "account": "lab-a"}},
     )
@@ -65,7 +65,7 @@ def test_encoding_is_exact_bytes():
         b"\xa2t0\xcf\x00\x00\x01\x9b\x76\xda\x80\xf0"  # uint64 1767225590000
         b"\xa2t1\xcf\x00\x00\x01\x9b\x76\xda\xa8\x00"  # uint64 1767225600000
         b"\xa6fields\x91\xa7power_w"
-        b"\xa4gpus\x91\x95\x00\xa5GPU-a\xa2T4\x91\xce\x00\x01\x11\x70\x90"  # [0, uuid, model, [70000], []]
+        b"\xa4gpus\x91\x96\x00\xa5GPU-a\xa2T4\x91\xce\x00\x01\x11\x70\x90\x90"  # [0, uuid, model, [70000], [], []]
     )
 
 
@@ -126,6 +126,8 @@ def test_schema_errors():
     assert reason(raw(fields=["power_w", "power_w", "x"])) == "schema"
     holder_of_unknown = [[0, "GPU-a", "T4", [1, 2, 3], [["slurm:404", None, None]]]]
     assert reason(raw(gpus=holder_of_unknown)) == "schema"
+    owner_of_unknown = [[0, "GPU-a", "T4", [1, 2, 3], [], ["slurm:404"]]]
+    assert reason(raw(gpus=owner_of_unknown)) == "schema"
 
 
 def test_timestamps():
