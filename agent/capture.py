@@ -327,7 +327,7 @@ def _process_json(reading: GpuReading) -> list[dict[str, Any]]:
     ]
 
 
-def _reading_json(reading: GpuReading) -> dict[str, Any]:
+def reading_json(reading: GpuReading) -> dict[str, Any]:
     return {
         "index": reading.index,
         "model": reading.model,
@@ -355,7 +355,7 @@ def one_sample_json(profile: dict[str, Any]) -> dict[str, Any]:
             readings = source.sample()
         finally:
             source.close()
-    return {r.uuid: _reading_json(r) for r in readings}
+    return {r.uuid: reading_json(r) for r in readings}
 
 
 def sample_capture(path: str | Path) -> dict[str, Any]:

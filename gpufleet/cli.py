@@ -54,18 +54,45 @@ def agent(
     interval: Interval = None,
     sample_interval: SampleInterval = None,
     simulate: Annotated[int | None, typer.Option(help="Simulate N GPUs instead of reading NVML")] = None,
+    proc_root: Annotated[Path | None, typer.Option(help="Where /proc is (to find who owns GPU processes)")] = None,
+    job_mapping_dir: Annotated[
+        Path | None, typer.Option(help="One file per GPU index or UUID naming the job it is allocated to")
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Take one sample, print it as JSON (by GPU UUID), exit")] = False,
+    from_capture: Annotated[
+        Path | None, typer.Option(help="With --once: read GPUs from an `nvidia-smi -q -x` capture via the fake driver")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Sample this node's GPUs and publish a window every --interval seconds."""
     _setup_logging(verbose)
+    from gpufleet import runners  # noqa: PLC0415  # keeps `gpufleet --help` fast
+
+    if from_capture is not None or once:
+        if from_capture is not None and not once:
+            raise _fail("--from-capture needs --once", 2)
+        raise typer.Exit(runners.sample_once(from_capture))
     settings = _load(
         cfg.AgentConfig,
-        dict(broker=broker, cluster=cluster, node=node, interval=interval, sample_interval=sample_interval, simulate=simulate),
+        dict(
+            broker=broker, cluster=cluster, node=node, interval=interval, sample_interval=sample_interval,
+            simulate=simulate, proc_root=proc_root, job_mapping_dir=job_mapping_dir,
+        ),
         config,
     )
-    from gpufleet.runners import run_agent  # noqa: PLC0415  # keeps `gpufleet --help` fast
+    raise typer.Exit(runners.run_agent(settings))
 
-    raise typer.Exit(run_agent(settings))
+
+@app.command()
+def identify(
+    pids: Annotated[list[int], typer.Argument(help="Process ids, e.g. from nvidia-smi")],
+    proc_root: Annotated[Path, typer.Option(help="Where /proc is")] = Path("/proc"),
+) -> None:
+    """Print, one JSON object a line, which workload each process belongs to (as the agent bills it)."""
+    from gpufleet.agent.identity import resolve, to_json_line  # noqa: PLC0415
+
+    for pid in pids:
+        typer.echo(to_json_line(resolve(pid, proc_root)))
 
 
 @app.command()
@@ -126,6 +153,31 @@ def collector(
     from gpufleet.runners import run_collector  # noqa: PLC0415
 
     raise typer.Exit(run_collector(settings))
+
+
+@app.command()
+def demo(
+    nodes: Annotated[int, typer.Option(help="Simulated nodes")] = 20,
+    gpus_per_node: Annotated[int, typer.Option(help="GPUs per node")] = 8,
+    interval: Annotated[float, typer.Option(help="Seconds per window")] = 1.0,
+    duration: Annotated[float, typer.Option(help="Seconds the fleet runs")] = 15.0,
+    workdir: Annotated[Path, typer.Option(help="Where the local services keep config, data and logs")] = Path("out/demo"),
+    tenants_file: Annotated[Path, typer.Option(help="Tenant rules")] = Path(__file__).resolve().parent.parent / "systemd" / "tenants.toml",
+    serve: Annotated[bool, typer.Option("--serve", help="Keep the services running until Ctrl-C")] = False,
+) -> None:
+    """Run the whole pipeline locally: Mosquitto + InfluxDB + collector + a simulated fleet with tenants."""
+    _setup_logging(False)
+    from gpufleet import localstack  # noqa: PLC0415
+    from gpufleet.demo import run_demo  # noqa: PLC0415
+
+    missing = localstack.missing_binaries()
+    if missing:
+        raise _fail(f"not installed: {', '.join(missing)}; run `make deps` first")
+    try:
+        code = run_demo(workdir, nodes, gpus_per_node, interval, duration, serve, tenants_file)
+    except localstack.ServiceError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ class AgentConfig(_MqttSettings, _Cadence):
     cluster: str = "default"
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     simulate: int | None = Field(None, ge=1, le=wire.MAX_GPUS, description="simulated GPUs instead of NVML")
+    proc_root: Path = Path("/proc")
+    job_mapping_dir: Path | None = None  # dcgm-exporter's --hpc-job-mapping-dir layout
+    static_job_map: dict[str, str] = {}  # GPU index or UUID -> workload key, e.g. "0" = "slurm:1234"
 
     @field_validator("cluster", "node")
     @classmethod

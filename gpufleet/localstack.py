@@ -279,7 +279,7 @@ class Mosquitto(_Service):
     """A Mosquitto 2.0 broker on a free loopback port, persisting into `workdir/mosquitto/`."""
 
     def __init__(self, workdir: str | os.PathLike[str], port: int | None = None):
-        self.dir = Path(workdir) / "mosquitto"
+        self.dir = Path(workdir).resolve() / "mosquitto"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = HOST
         self.port = port or free_port()
@@ -333,7 +333,7 @@ class InfluxDB(_Service):
     """
 
     def __init__(self, workdir: str | os.PathLike[str]):
-        self.dir = Path(workdir) / "influxdb"
+        self.dir = Path(workdir).resolve() / "influxdb"
         self.host = HOST
         self.http_port = free_port()
         self.rpc_port = free_port()  # influxd's backup/restore service; must not clash either

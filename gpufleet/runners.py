@@ -4,9 +4,13 @@ maps expected failures to exit codes. Each function returns the process's exit c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
+import sys
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 from gpufleet import config as cfg
@@ -61,18 +65,71 @@ def _cadence(settings: cfg.AgentConfig | cfg.SimulateConfig):  # -> agent.node.C
     return Cadence(round(settings.effective_sample_interval * 1000), round(settings.interval * 1000))
 
 
+def sample_once(capture: Path | None) -> int:
+    """One sample of every counter, as JSON keyed by GPU UUID: of this node's GPUs through NVML,
+    or of a `nvidia-smi -q -x` capture through the fake driver. The time it took goes to stderr."""
+    from gpufleet.agent import capture as captures  # noqa: PLC0415
+    from gpufleet.agent.nvml import NvmlUnavailable, open_nvml  # noqa: PLC0415
+
+    if capture is not None:
+        try:
+            print(json.dumps(captures.sample_capture(capture), indent=2, sort_keys=True))
+        except (OSError, captures.CaptureError) as exc:
+            log.error("cannot use capture %s: %s", capture, exc)
+            return 2
+        return 0
+    try:
+        source = open_nvml(watch_events=False)
+    except NvmlUnavailable as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        source.sample()  # the first sample also primes NVML's per-process utilisation cursor
+        started = time.perf_counter()
+        readings = source.sample()
+        took_ms = (time.perf_counter() - started) * 1000
+    finally:
+        source.close()
+    print(json.dumps({r.uuid: captures.reading_json(r) for r in readings}, indent=2, sort_keys=True))
+    print(f"one sample of {len(readings)} GPUs took {took_ms:.2f} ms", file=sys.stderr)
+    return 0
+
+
 def run_agent(settings: cfg.AgentConfig) -> int:
     from gpufleet.agent.node import NodeAgent  # noqa: PLC0415
 
     source = _gpu_source(settings)
     if source is None:
         return 1
-    agent = NodeAgent(settings.cluster, settings.node, source, _cadence(settings))
+    try:
+        workloads = _workload_resolver(settings, source)
+    except ValueError as exc:
+        log.error("static_job_map: %s", exc)
+        return 2
+    agent = NodeAgent(
+        settings.cluster, settings.node, source, _cadence(settings), workloads=workloads
+    )
     try:
         _run_until_signalled(lambda stop: _agent_forever(agent, settings, stop))
     finally:
         source.close()
     return 0
+
+
+def _workload_resolver(settings: cfg.AgentConfig, source):  # -> WorkloadResolver
+    """Simulated GPUs know their own workloads; real ones are looked up in /proc and the job mapping."""
+    from gpufleet.agent import identity, jobmap  # noqa: PLC0415
+    from gpufleet.agent.workloads import WorkloadResolver  # noqa: PLC0415
+
+    if settings.simulate:
+        return WorkloadResolver(source.identity_of, source.allocations)
+    gpus = [(index, uuid) for index, uuid, _ in source.gpus]
+    jobmap.static_job_mapping(settings.static_job_map, gpus)  # a bad workload key stops us at start
+
+    def allocations():
+        return jobmap.read_job_mapping(settings.job_mapping_dir, gpus, static=settings.static_job_map)
+
+    return WorkloadResolver(lambda pid: identity.resolve(pid, settings.proc_root), allocations)
 
 
 def _gpu_source(settings: cfg.AgentConfig):  # -> GpuSource | None
