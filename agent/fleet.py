@@ -29,6 +29,7 @@ class FleetPlan:
     seed: int = 0
     tenants: tuple[str, ...] = DEFAULT_TENANTS  # () for GPUs that nobody holds
     xid_rate_per_gpu_hour: float = 0.5
+    drain_timeout_s: float | None = 30.0  # after the last window, how long to wait for the broker
 
     def node_names(self) -> list[str]:
         return [f"node{i:05d}" for i in range(self.nodes)]
@@ -72,15 +73,24 @@ async def run_fleet(
         result.stats[node] = agents[node].stats
         result.sources[node] = source
     outcomes = await asyncio.gather(
-        *(_run_node(agent, broker, tls, plan.windows) for agent in agents.values()), return_exceptions=True
+        *(_run_node(agent, broker, tls, plan) for agent in agents.values()), return_exceptions=True
     )
     for node, outcome in zip(agents, outcomes):
         if isinstance(outcome, BaseException):
             result.failures[node] = f"{type(outcome).__name__}: {outcome}"
+        elif not outcome:
+            result.failures[node] = f"{len(agents[node].spool)} messages not acknowledged in time"
     return result
 
 
-async def _run_node(agent: NodeAgent, broker: BrokerAddress, tls: TlsFiles | None, windows: int) -> None:
-    client_id = f"gpufleet-sim-{agent.cluster}-{agent.node}"
-    async with MqttLink(broker, client_id, will=last_will(agent.cluster, agent.node), tls=tls) as link:
-        await agent.run(link, max_windows=windows)
+def node_link(broker: BrokerAddress, cluster: str, node: str, tls: TlsFiles | None, prefix: str) -> MqttLink:
+    """A node's MQTT connection, with its `offline` last will."""
+    return MqttLink(broker, f"{prefix}-{cluster}-{node}", will=last_will(cluster, node), tls=tls)
+
+
+async def _run_node(agent: NodeAgent, broker: BrokerAddress, tls: TlsFiles | None, plan: FleetPlan) -> bool:
+    return await agent.run(
+        lambda: node_link(broker, agent.cluster, agent.node, tls, "gpufleet-sim"),
+        max_windows=plan.windows,
+        drain_timeout_s=plan.drain_timeout_s,
+    )

@@ -1,8 +1,10 @@
-"""One node's agent loop: sample GPUs, close a window every publish interval, publish it.
+"""One node's agent: sample GPUs, close a window every publish interval, deliver it.
 
-Sampling and publishing are separate tasks joined by a queue, so a slow broker acknowledgement
-never delays a sample. Windows are contiguous: each starts where the previous one ended, so the
-window lengths of a GPU add up to the time it was watched (the basis of GPU-seconds billing).
+Two tasks joined by a spool (agent/spool.py): the sampler never waits for the network, and the
+publisher sends the spool in order, removing each message only once the broker acknowledged it,
+reconnecting with backoff when the broker goes away. Windows are contiguous: each starts where the
+previous one ended, so the window lengths of a GPU add up to the time it was watched (the basis of
+GPU-seconds billing). Sequence numbers continue across restarts when a SeqFile is given.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gpufleet import wire
-from gpufleet.mqtt import LastWill, MqttLink
+from gpufleet.mqtt import LastWill, MqttError, MqttLink
+from gpufleet.retry import Backoff
 
 from .readings import GpuEvent, GpuSource
+from .spool import MemorySpool, SeqFile, Spool
 from .window import WindowAggregator
 from .workloads import WorkloadResolver
 
@@ -42,9 +46,10 @@ class Cadence:
 
 @dataclass
 class AgentStats:
-    windows_published: int = 0
+    windows_published: int = 0  # acknowledged by the broker
     gpu_windows_published: int = 0
     events_published: int = 0
+    connects: int = 0
     published: list[wire.TelemetryWindow] = field(default_factory=list)  # kept only when recording
 
 
@@ -61,41 +66,62 @@ class NodeAgent:
         cadence: Cadence,
         *,
         workloads: WorkloadResolver | None = None,
-        first_seq: int = 0,
+        spool: Spool | None = None,
+        seq_file: SeqFile | None = None,
         record: bool = False,
+        max_backoff_s: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cluster = wire.check_name("cluster", cluster)
         self.node = wire.check_name("node", node)
         self._source = source
         self._cadence = cadence
-        self._seq = first_seq
+        self._workloads = workloads
+        self.spool = spool if spool is not None else MemorySpool()
+        self._seq_file = seq_file
+        self._seq = seq_file.load() if seq_file else 0
         self._record = record
+        self._max_backoff_s = max_backoff_s
         self._clock = clock
         self._aggregator = WindowAggregator(cadence.sample_ms)
-        self._workloads = workloads
+        self._gpu_counts: dict[int, int] = {}  # spool id -> GPUs in that window, for the stats
+        self._spooled = asyncio.Event()
         self.stats = AgentStats()
 
-    async def run(self, link: MqttLink, *, max_windows: int | None = None, stop: asyncio.Event | None = None) -> None:
-        """Publish `online`, then windows until `stop` is set or `max_windows` were acknowledged."""
-        stop = stop or asyncio.Event()
-        await link.publish(wire.state_topic(self.cluster, self.node), self._state("online"), retain=True)
-        outbox: asyncio.Queue[tuple[str, bytes, int] | None] = asyncio.Queue(maxsize=1000)
-        publisher = asyncio.create_task(self._publish_all(link, outbox), name=f"publish[{self.node}]")
-        try:
-            await self._sample_windows(outbox, max_windows, stop)
-        finally:
-            await outbox.put(None)  # the publisher drains what is queued, then ends
-            await publisher
-        await link.publish(wire.state_topic(self.cluster, self.node), self._state("offline"), retain=True)
+    async def run(
+        self,
+        connect: Callable[[], MqttLink],
+        *,
+        max_windows: int | None = None,
+        stop: asyncio.Event | None = None,
+        drain_timeout_s: float | None = None,
+    ) -> bool:
+        """Sample until `stop` or `max_windows`; deliver everything spooled, then say `offline`.
 
-    def _state(self, state: str) -> bytes:
-        return wire.encode_state(wire.NodeState(self.cluster, self.node, state, self._now_ms()))
+        True when the spool was delivered in full; False when `drain_timeout_s` ran out after
+        sampling ended (what is left stays in a disk spool for the next start)."""
+        stop = stop or asyncio.Event()
+        sampling_done = asyncio.Event()
+        publisher = asyncio.create_task(self._deliver(connect, sampling_done), name=f"agent.publish[{self.node}]")
+        try:
+            await self._sample_windows(max_windows, stop)
+        finally:
+            sampling_done.set()
+            self._spooled.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(publisher), drain_timeout_s)
+        except TimeoutError:
+            publisher.cancel()
+            log.warning("%s: gave up delivering %d spooled messages after %s s", self.node, len(self.spool), drain_timeout_s)
+            return False
+        return True
+
+    # ------------------------------------------------------------------------------- sampling
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    async def _sample_windows(self, outbox: asyncio.Queue, max_windows: int | None, stop: asyncio.Event) -> None:
+    async def _sample_windows(self, max_windows: int | None, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         # Schedule on the monotonic clock so that the cadence does not drift; stamp with wall time.
         start_mono, t0_ms = loop.time(), self._prime()
@@ -106,9 +132,9 @@ class NodeAgent:
                 if await _sleep_until(start_mono + tick * self._cadence.sample_ms / 1000, stop, loop):
                     return
                 self._aggregator.add(t0_ms + tick * self._cadence.sample_ms, self._source.sample())
-                await self._queue_events(outbox, self._source.poll_events())
+                self._spool_events(self._source.poll_events())
             t1_ms = t0_ms + tick * self._cadence.sample_ms
-            await outbox.put(self._window_message(window_start_ms, t1_ms))
+            self._spool_window(window_start_ms, t1_ms)
             window_start_ms, windows = t1_ms, windows + 1
 
     def _prime(self) -> int:
@@ -116,46 +142,80 @@ class NodeAgent:
         start_ms = self._now_ms()
         self._aggregator.add(start_ms, self._source.sample())
         self._aggregator.close()
-        self._source.poll_events()
+        self._spool_events(self._source.poll_events())  # a GPU lost at start is news too
         return start_ms
 
-    def _window_message(self, t0_ms: int, t1_ms: int) -> tuple[str, bytes, int]:
+    def _spool_window(self, t0_ms: int, t1_ms: int) -> None:
         closed = self._aggregator.close()
         if self._workloads is not None:
             gpus, workloads = self._workloads.annotate(closed)
         else:
             gpus, workloads = tuple(wire.GpuWindow(g.index, g.uuid, g.model, g.values) for g in closed), {}
         window = wire.TelemetryWindow(
-            cluster=self.cluster,
-            node=self.node,
-            seq=self._seq,
-            t0_ms=t0_ms,
-            t1_ms=t1_ms,
-            fields=self._aggregator.field_names,
-            gpus=gpus,
-            workloads=workloads,
+            self.cluster, self.node, self._seq, t0_ms, t1_ms, self._aggregator.field_names, gpus, workloads
         )
         self._seq += 1
+        if self._seq_file is not None:
+            self._seq_file.save(self._seq)
         if self._record:
             self.stats.published.append(window)
-        return wire.telemetry_topic(self.cluster, self.node), wire.encode_telemetry(window), len(window.gpus)
+        item_id = self.spool.append(wire.telemetry_topic(self.cluster, self.node), wire.encode_telemetry(window))
+        self._gpu_counts[item_id] = len(gpus)
+        self._spooled.set()
 
-    async def _queue_events(self, outbox: asyncio.Queue, events: list[GpuEvent]) -> None:
+    def _spool_events(self, events: list[GpuEvent]) -> None:
         for event in events:
             message = wire.GpuEventMessage(
                 self.cluster, self.node, event.time_ms, event.index, event.uuid, event.kind, event.code, event.detail
             )
-            await outbox.put((wire.events_topic(self.cluster, self.node), wire.encode_event(message), 0))
+            self.spool.append(wire.events_topic(self.cluster, self.node), wire.encode_event(message))
+            self._spooled.set()
 
-    async def _publish_all(self, link: MqttLink, outbox: asyncio.Queue) -> None:
-        while (item := await outbox.get()) is not None:
-            topic, payload, gpu_count = item
-            await link.publish(topic, payload)
-            if topic.endswith("/telemetry"):
-                self.stats.windows_published += 1
-                self.stats.gpu_windows_published += gpu_count
-            else:
-                self.stats.events_published += 1
+    # ----------------------------------------------------------------------------- delivering
+
+    async def _deliver(self, connect: Callable[[], MqttLink], sampling_done: asyncio.Event) -> None:
+        backoff = Backoff(self._max_backoff_s)
+        while True:
+            try:
+                async with connect() as link:
+                    self.stats.connects += 1
+                    await self._publish_state(link, "online")
+                    backoff.reset()
+                    await self._drain(link, sampling_done)
+                    await self._publish_state(link, "offline")
+                    return
+            except MqttError as exc:
+                delay = backoff.next()
+                log.warning(
+                    "%s: waiting for the MQTT broker (%s); %d messages spooled; retrying in %.1f s",
+                    self.node, exc, len(self.spool), delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _publish_state(self, link: MqttLink, state: str) -> None:
+        payload = wire.encode_state(wire.NodeState(self.cluster, self.node, state, self._now_ms()))
+        await link.publish(wire.state_topic(self.cluster, self.node), payload, retain=True)
+
+    async def _drain(self, link: MqttLink, sampling_done: asyncio.Event) -> None:
+        """Send the spool in order until it is empty and sampling has ended."""
+        while True:
+            item = self.spool.peek()
+            if item is None:
+                if sampling_done.is_set():
+                    return
+                self._spooled.clear()
+                await self._spooled.wait()
+                continue
+            await link.publish(item.topic, item.payload)
+            self.spool.ack(item)
+            self._count(item.id, item.topic)
+
+    def _count(self, item_id: int, topic: str) -> None:
+        if topic.endswith("/telemetry"):
+            self.stats.windows_published += 1
+            self.stats.gpu_windows_published += self._gpu_counts.pop(item_id, 0)
+        else:
+            self.stats.events_published += 1
 
 
 async def _sleep_until(deadline: float, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> bool:

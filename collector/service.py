@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from gpufleet import wire
 from gpufleet.mqtt import BrokerAddress, MqttError, MqttLink, TlsFiles
+from gpufleet.retry import Backoff
 
 from . import lineproto
 from .buffer import WriteBuffer
@@ -36,19 +37,6 @@ class CollectorOptions:
     stats_interval_s: float = 10.0
     drain_timeout_s: float = 60.0
     max_backoff_s: float = 30.0
-
-
-class Backoff:
-    def __init__(self, max_s: float) -> None:
-        self._max_s = max_s
-        self._next_s = 0.5
-
-    def reset(self) -> None:
-        self._next_s = 0.5
-
-    def next(self) -> float:
-        delay, self._next_s = self._next_s, min(self._max_s, self._next_s * 2)
-        return delay
 
 
 class RateLimitedLog:

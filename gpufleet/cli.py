@@ -58,6 +58,9 @@ def agent(
     job_mapping_dir: Annotated[
         Path | None, typer.Option(help="One file per GPU index or UUID naming the job it is allocated to")
     ] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Spool and sequence number (default /var/lib/gpufleet)")
+    ] = None,
     once: Annotated[bool, typer.Option("--once", help="Take one sample, print it as JSON (by GPU UUID), exit")] = False,
     from_capture: Annotated[
         Path | None, typer.Option(help="With --once: read GPUs from an `nvidia-smi -q -x` capture via the fake driver")
@@ -76,7 +79,7 @@ def agent(
         cfg.AgentConfig,
         dict(
             broker=broker, cluster=cluster, node=node, interval=interval, sample_interval=sample_interval,
-            simulate=simulate, proc_root=proc_root, job_mapping_dir=job_mapping_dir,
+            simulate=simulate, proc_root=proc_root, job_mapping_dir=job_mapping_dir, state_dir=state_dir,
         ),
         config,
     )
@@ -105,6 +108,9 @@ def simulate(
     broker: Broker = None,
     cluster: Annotated[str | None, typer.Option(help="Cluster name (default 'sim')")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed, for a replayable fleet")] = None,
+    drain_timeout: Annotated[
+        float | None, typer.Option(help="After the last window, seconds to wait for acknowledgements (default 30)")
+    ] = None,
     config: ConfigFile = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -114,7 +120,7 @@ def simulate(
         cfg.SimulateConfig,
         dict(
             nodes=nodes, gpus_per_node=gpus_per_node, interval=interval, duration=duration,
-            sample_interval=sample_interval, broker=broker, cluster=cluster, seed=seed,
+            sample_interval=sample_interval, broker=broker, cluster=cluster, seed=seed, drain_timeout=drain_timeout,
         ),
         config,
     )

@@ -101,6 +101,9 @@ class AgentConfig(_MqttSettings, _Cadence):
     proc_root: Path = Path("/proc")
     job_mapping_dir: Path | None = None  # dcgm-exporter's --hpc-job-mapping-dir layout
     static_job_map: dict[str, str] = {}  # GPU index or UUID -> workload key, e.g. "0" = "slurm:1234"
+    state_dir: Path = Path("/var/lib/gpufleet")  # spool of unacknowledged messages, next sequence number
+    spool_max_messages: int = Field(100_000, ge=10)  # ~11 days of 10 s windows; oldest dropped past it
+    drain_timeout: float = Field(5.0, ge=0)  # on stop, seconds to go on delivering the spool
 
     @field_validator("cluster", "node")
     @classmethod
@@ -114,6 +117,7 @@ class SimulateConfig(_MqttSettings, _Cadence):
     gpus_per_node: int = Field(8, ge=1, le=wire.MAX_GPUS)
     duration: float = Field(60.0, gt=0)
     seed: int = 0
+    drain_timeout: float = Field(30.0, ge=0)  # after the last window, seconds to wait for acknowledgements
 
     @field_validator("cluster")
     @classmethod

@@ -25,6 +25,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -33,7 +34,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from gpufleet.mqtt import TlsFiles
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
@@ -104,12 +108,14 @@ _MQTT_CONNACK_OK = bytes.fromhex("20020000")
 _MQTT_DISCONNECT = bytes.fromhex("e000")
 
 
-def _mqtt_answers(port: int) -> bool:
+def _mqtt_answers(port: int, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        with socket.create_connection((HOST, port), timeout=0.5) as sock:
-            sock.sendall(_MQTT_CONNECT)
-            answer = sock.recv(len(_MQTT_CONNACK_OK))
-            sock.sendall(_MQTT_DISCONNECT)
+        with socket.create_connection((HOST, port), timeout=0.5) as raw:
+            # ssl.SSLError is an OSError too: a TLS listener that is not up yet reads as not ready.
+            with tls.wrap_socket(raw, server_hostname=HOST) if tls else raw as sock:
+                sock.sendall(_MQTT_CONNECT)
+                answer = sock.recv(len(_MQTT_CONNACK_OK))
+                sock.sendall(_MQTT_DISCONNECT)
     except OSError:
         return False
     return answer == _MQTT_CONNACK_OK
@@ -276,13 +282,30 @@ class _Service:
 
 
 class Mosquitto(_Service):
-    """A Mosquitto 2.0 broker on a free loopback port, persisting into `workdir/mosquitto/`."""
+    """A Mosquitto 2.0 broker on a free loopback port, persisting into `workdir/mosquitto/`.
 
-    def __init__(self, workdir: str | os.PathLike[str], port: int | None = None):
+    `extra_conf` is appended to the generated config (later lines win for single-valued options).
+    With `tls`, the plain anonymous listener is left out: `extra_conf` must itself open a TLS
+    listener on `port` (e.g. the shipped systemd/mosquitto/gpufleet.conf adapted to test paths),
+    `url` becomes mqtts://, and the readiness probe connects with these client files. Give the
+    probe a certificate of its own: its clean-session CONNECT would end the stored session of a
+    client with the same identity (use_username_as_clientid).
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        port: int | None = None,
+        *,
+        extra_conf: str | None = None,
+        tls: TlsFiles | None = None,
+    ):
         self.dir = Path(workdir).resolve() / "mosquitto"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = HOST
         self.port = port or free_port()
+        self.extra_conf = extra_conf
+        self.tls = tls
         self.conf_path = self.dir / "mosquitto.conf"
         argv = [_require_binary("mosquitto"), "-c", str(self.conf_path)]
         self._daemon = _Daemon("mosquitto", argv, self.dir / "mosquitto.log", self._ready)
@@ -290,7 +313,7 @@ class Mosquitto(_Service):
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -301,15 +324,15 @@ class Mosquitto(_Service):
         return super().start()
 
     def _ready(self) -> bool:
-        return _mqtt_answers(self.port)
+        return _mqtt_answers(self.port, self.tls.context() if self.tls else None)
 
     def _config(self) -> str:
+        plain_listener = [] if self.tls else [f"listener {self.port} {self.host}", "allow_anonymous true"]
         return "\n".join([
             # As root, mosquitto 2 switches to user "mosquitto", who cannot write our 0700 temp
             # folder; naming ourselves keeps it as is (the option is ignored for non-root).
             f"user {_current_user()}",
-            f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            *plain_listener,
             "persistence true",
             f"persistence_location {self.dir}/",  # mosquitto joins it with the file name as is
             "persistence_file mosquitto.db",
@@ -321,6 +344,7 @@ class Mosquitto(_Service):
             "max_inflight_messages 0",  # 0: no limit; throughput over strict in-order delivery
             f"max_packet_size {MQTT_MAX_PACKET_BYTES}",
             "set_tcp_nodelay true",
+            *([self.extra_conf] if self.extra_conf else []),
             "",
         ])
 

@@ -43,6 +43,7 @@ def simulate_fleet(settings: cfg.SimulateConfig) -> int:
         cadence=_cadence(settings),
         windows=settings.windows,
         seed=settings.seed,
+        drain_timeout_s=settings.drain_timeout,
     )
     log.info(
         "simulating %d nodes x %d GPUs, %d windows of %.3g s each, to %s",
@@ -106,8 +107,13 @@ def run_agent(settings: cfg.AgentConfig) -> int:
     except ValueError as exc:
         log.error("static_job_map: %s", exc)
         return 2
+    from gpufleet.agent.spool import DiskSpool, SeqFile  # noqa: PLC0415
+
+    state = settings.state_dir
+    state.mkdir(parents=True, exist_ok=True)
     agent = NodeAgent(
-        settings.cluster, settings.node, source, _cadence(settings), workloads=workloads
+        settings.cluster, settings.node, source, _cadence(settings), workloads=workloads,
+        spool=DiskSpool(state / "spool", settings.spool_max_messages), seq_file=SeqFile(state / "next-seq"),
     )
     try:
         _run_until_signalled(lambda stop: _agent_forever(agent, settings, stop))
@@ -147,23 +153,16 @@ def _gpu_source(settings: cfg.AgentConfig):  # -> GpuSource | None
 
 
 async def _agent_forever(agent, settings: cfg.AgentConfig, stop: asyncio.Event) -> None:
-    from gpufleet.agent.node import last_will  # noqa: PLC0415
-    from gpufleet.collector.service import Backoff  # noqa: PLC0415
+    from gpufleet.agent.fleet import node_link  # noqa: PLC0415
 
-    backoff = Backoff(max_s=30)
-    client_id = f"gpufleet-agent-{settings.cluster}-{settings.node}"
-    while not stop.is_set():
-        try:
-            async with MqttLink(
-                settings.broker_address, client_id, will=last_will(agent.cluster, agent.node), tls=settings.tls
-            ) as link:
-                log.info("connected to %s as %s/%s", settings.broker, agent.cluster, agent.node)
-                backoff.reset()
-                await agent.run(link, stop=stop)
-        except MqttError as exc:
-            delay = backoff.next()
-            log.warning("waiting for the MQTT broker at %s (%s); retrying in %.1f s", settings.broker, exc, delay)
-            await asyncio.sleep(delay)
+    log.info("agent %s/%s publishing to %s every %g s", agent.cluster, agent.node, settings.broker, settings.interval)
+    delivered = await agent.run(
+        lambda: node_link(settings.broker_address, agent.cluster, agent.node, settings.tls, "gpufleet-agent"),
+        stop=stop,
+        drain_timeout_s=settings.drain_timeout,
+    )
+    if not delivered:
+        log.warning("stopped with %d messages spooled; they are sent on the next start", len(agent.spool))
 
 
 def _tenant_rules(settings: cfg.CollectorConfig):  # -> Callable[[], TenantRules]

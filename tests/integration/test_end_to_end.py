@@ -115,7 +115,8 @@ def test_simulate_exits_non_zero_when_the_broker_is_unreachable(cluster_name):
     done = subprocess.run(
         [
             sys.executable, "-m", "gpufleet.cli", "simulate", "--nodes", "1", "--gpus-per-node", "1",
-            "--interval", "0.2", "--duration", "0.2", "--broker", f"mqtt://127.0.0.1:{localstack.free_port()}",
+            "--interval", "0.2", "--duration", "0.2", "--drain-timeout", "2",
+            "--broker", f"mqtt://127.0.0.1:{localstack.free_port()}",
         ],
         capture_output=True, text=True, timeout=60,
     )
