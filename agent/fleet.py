@@ -30,6 +30,8 @@ class FleetPlan:
     tenants: tuple[str, ...] = DEFAULT_TENANTS  # () for GPUs that nobody holds
     xid_rate_per_gpu_hour: float = 0.5
     drain_timeout_s: float | None = 30.0  # after the last window, how long to wait for the broker
+    until_stored: bool = False  # wait for collectors' stored confirmations, not just the broker's PUBACK
+    resend_after_s: float = 60.0  # a window not confirmed stored by then is sent again
 
     def node_names(self) -> list[str]:
         return [f"node{i:05d}" for i in range(self.nodes)]
@@ -69,7 +71,10 @@ async def run_fleet(
             xid_rate_per_gpu_hour=plan.xid_rate_per_gpu_hour,
         )
         workloads = WorkloadResolver(source.identity_of, source.allocations)
-        agents[node] = NodeAgent(plan.cluster, node, source, plan.cadence, workloads=workloads, record=record)
+        agents[node] = NodeAgent(
+            plan.cluster, node, source, plan.cadence, workloads=workloads, record=record,
+            resend_after_s=plan.resend_after_s,
+        )
         result.stats[node] = agents[node].stats
         result.sources[node] = source
     outcomes = await asyncio.gather(
@@ -93,4 +98,5 @@ async def _run_node(agent: NodeAgent, broker: BrokerAddress, tls: TlsFiles | Non
         lambda: node_link(broker, agent.cluster, agent.node, tls, "gpufleet-sim"),
         max_windows=plan.windows,
         drain_timeout_s=plan.drain_timeout_s,
+        until_stored=plan.until_stored,
     )

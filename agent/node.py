@@ -1,10 +1,15 @@
 """One node's agent: sample GPUs, close a window every publish interval, deliver it.
 
 Two tasks joined by a spool (agent/spool.py): the sampler never waits for the network, and the
-publisher sends the spool in order, removing each message only once the broker acknowledged it,
-reconnecting with backoff when the broker goes away. Windows are contiguous: each starts where the
-previous one ended, so the window lengths of a GPU add up to the time it was watched (the basis of
-GPU-seconds billing). Sequence numbers continue across restarts when a SeqFile is given.
+publisher sends the spool in order, reconnecting with backoff when the broker goes away. An event
+leaves the spool when the broker acknowledges it; a window when a collector says it is stored
+(gpufleet/ack/v1/<cluster>/<node>), and a window unconfirmed after `resend_after_s` is sent again,
+so that no window is lost to a broker restart, a collector crash or a collector that died for
+good (InfluxDB keeps one point per series and time, so a repeat is harmless).
+
+Windows are contiguous: each starts where the previous one ended, so the window lengths of a GPU
+add up to the time it was watched (the basis of GPU-seconds billing). Sequence numbers continue
+across restarts when a SeqFile is given.
 """
 
 from __future__ import annotations
@@ -46,8 +51,10 @@ class Cadence:
 
 @dataclass
 class AgentStats:
-    windows_published: int = 0  # acknowledged by the broker
+    windows_published: int = 0  # acknowledged by the broker (PUBACK), each window once
     gpu_windows_published: int = 0
+    windows_stored: int = 0  # confirmed stored by a collector
+    windows_resent: int = 0
     events_published: int = 0
     connects: int = 0
     published: list[wire.TelemetryWindow] = field(default_factory=list)  # kept only when recording
@@ -70,6 +77,7 @@ class NodeAgent:
         seq_file: SeqFile | None = None,
         record: bool = False,
         max_backoff_s: float = 30.0,
+        resend_after_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cluster = wire.check_name("cluster", cluster)
@@ -82,6 +90,9 @@ class NodeAgent:
         self._seq = seq_file.load() if seq_file else 0
         self._record = record
         self._max_backoff_s = max_backoff_s
+        self._resend_after_s = resend_after_s
+        self._sent_at: dict[int, float] = {}  # spool id -> loop time of its last send
+        self._acknowledged: set[int] = set()  # spool ids the broker acknowledged at least once
         self._clock = clock
         self._aggregator = WindowAggregator(cadence.sample_ms)
         self._gpu_counts: dict[int, int] = {}  # spool id -> GPUs in that window, for the stats
@@ -95,13 +106,16 @@ class NodeAgent:
         max_windows: int | None = None,
         stop: asyncio.Event | None = None,
         drain_timeout_s: float | None = None,
+        until_stored: bool = True,
     ) -> bool:
-        """Sample until `stop` or `max_windows`; deliver everything spooled, then say `offline`.
+        """Sample until `stop` or `max_windows`; deliver what is spooled, then say `offline`.
 
-        True when the spool was delivered in full; False when `drain_timeout_s` ran out after
-        sampling ended (what is left stays in a disk spool for the next start)."""
+        Delivered means stored by a collector, or with `until_stored=False` acknowledged by the
+        broker (what `gpufleet simulate` promises). True when everything was delivered; False when
+        `drain_timeout_s` ran out after sampling ended (a disk spool keeps the rest for next time)."""
         stop = stop or asyncio.Event()
         sampling_done = asyncio.Event()
+        self._until_stored = until_stored
         publisher = asyncio.create_task(self._deliver(connect, sampling_done), name=f"agent.publish[{self.node}]")
         try:
             await self._sample_windows(max_windows, stop)
@@ -159,7 +173,8 @@ class NodeAgent:
             self._seq_file.save(self._seq)
         if self._record:
             self.stats.published.append(window)
-        item_id = self.spool.append(wire.telemetry_topic(self.cluster, self.node), wire.encode_telemetry(window))
+        payload = wire.encode_telemetry(window)
+        item_id = self.spool.append(wire.telemetry_topic(self.cluster, self.node), payload, seq=window.seq)
         self._gpu_counts[item_id] = len(gpus)
         self._spooled.set()
 
@@ -179,9 +194,14 @@ class NodeAgent:
             try:
                 async with connect() as link:
                     self.stats.connects += 1
+                    await link.subscribe(wire.stored_topic(self.cluster, self.node))
                     await self._publish_state(link, "online")
                     backoff.reset()
-                    await self._drain(link, sampling_done)
+                    acks = asyncio.create_task(self._receive_stored(link), name=f"agent.stored[{self.node}]")
+                    try:
+                        await self._send_until_delivered(link, sampling_done)
+                    finally:
+                        acks.cancel()
                     await self._publish_state(link, "offline")
                     return
             except MqttError as exc:
@@ -196,26 +216,64 @@ class NodeAgent:
         payload = wire.encode_state(wire.NodeState(self.cluster, self.node, state, self._now_ms()))
         await link.publish(wire.state_topic(self.cluster, self.node), payload, retain=True)
 
-    async def _drain(self, link: MqttLink, sampling_done: asyncio.Event) -> None:
-        """Send the spool in order until it is empty and sampling has ended."""
-        while True:
-            item = self.spool.peek()
-            if item is None:
-                if sampling_done.is_set():
-                    return
-                self._spooled.clear()
-                await self._spooled.wait()
+    async def _receive_stored(self, link: MqttLink) -> None:
+        async for message in link.messages():
+            try:
+                seqs = wire.decode_stored(message.payload)
+            except wire.Rejected as rejection:
+                log.warning("%s: ignored a bad stored acknowledgement: %s", self.node, rejection)
                 continue
-            await link.publish(item.topic, item.payload)
-            self.spool.ack(item)
-            self._count(item.id, item.topic)
+            for item_id in self.spool.remove_seqs(seqs):
+                self._forget(item_id)
+                self.stats.windows_stored += 1
+            self._spooled.set()  # the sender may be waiting for the spool to empty
 
-    def _count(self, item_id: int, topic: str) -> None:
-        if topic.endswith("/telemetry"):
-            self.stats.windows_published += 1
-            self.stats.gpu_windows_published += self._gpu_counts.pop(item_id, 0)
-        else:
+    def _forget(self, item_id: int) -> None:
+        self._sent_at.pop(item_id, None)
+        self._acknowledged.discard(item_id)
+        self._gpu_counts.pop(item_id, None)
+
+    def _delivered(self) -> bool:
+        if self._until_stored:
+            return len(self.spool) == 0
+        return all(item_id in self._acknowledged for item_id in self.spool.ids())
+
+    async def _send_until_delivered(self, link: MqttLink, sampling_done: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not (sampling_done.is_set() and self._delivered()):
+            now = loop.time()
+            due = [i for i in self.spool.ids() if now - self._sent_at.get(i, -1e18) >= self._resend_after_s]
+            if not due:
+                self._spooled.clear()
+                next_due = min((t + self._resend_after_s for t in self._sent_at.values()), default=None)
+                timeout = None if next_due is None else max(0.0, next_due - now)
+                try:
+                    await asyncio.wait_for(self._spooled.wait(), timeout)
+                except TimeoutError:
+                    pass
+                continue
+            for item_id in due:
+                await self._send(link, item_id, loop)
+
+    async def _send(self, link: MqttLink, item_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        item = self.spool.get(item_id)
+        if item is None:
+            return  # stored (or dropped past the bound) meanwhile
+        first_time = item_id not in self._sent_at
+        gpus = self._gpu_counts.get(item_id, 0)
+        await link.publish(item.topic, item.payload)
+        if item.seq is None:  # an event: the broker has it, and it carries its own time
+            self.spool.remove(item_id)
             self.stats.events_published += 1
+            return
+        if first_time:
+            self.stats.windows_published += 1
+            self.stats.gpu_windows_published += gpus
+        else:
+            self.stats.windows_resent += 1
+        if item_id in self.spool:  # not confirmed stored while we waited for the PUBACK
+            self._sent_at[item_id] = loop.time()
+            self._acknowledged.add(item_id)
 
 
 async def _sleep_until(deadline: float, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> bool:

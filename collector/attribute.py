@@ -67,27 +67,39 @@ def apportion(
         raise ValueError("nothing to apportion among")
     keys = sorted(weights)
     scaled = _integer_weights({key: weights[key] for key in keys})
-    whole = sum(scaled.values())
+    key_caps = None if caps is None else [caps[key] for key in keys]
+    return dict(zip(keys, _hamilton(total, [scaled[key] for key in keys], key_caps)))
+
+
+def _hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> list[int]:
+    """apportion on integer weights listed in key order; ties on the remainder go to the lower
+    position, that is the smaller key. Lists, not dicts: attribute() calls this three times a GPU."""
+    whole = sum(weights)
     if whole == 0:
-        scaled, whole = {key: 1 for key in keys}, len(keys)
-    seats = {key: total * scaled[key] // whole for key in keys}
-    remainders = {key: total * scaled[key] % whole for key in keys}  # shared denominator `whole`
+        weights, whole = [1] * len(weights), len(weights)
+    seats, remainders = [], []
+    for weight in weights:
+        seat, remainder = divmod(total * weight, whole)  # remainders share the denominator `whole`
+        seats.append(seat)
+        remainders.append(remainder)
     if caps is not None:
-        seats = {key: min(seats[key], caps[key]) for key in keys}
-    order = sorted(keys, key=lambda key: (-remainders[key], key))
-    _hand_out(total - sum(seats.values()), order, seats, caps)
+        seats = [min(seat, cap) for seat, cap in zip(seats, caps)]
+    left = total - sum(seats)
+    if left > 0:
+        order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
+        _hand_out(left, order, seats, caps)
     return seats
 
 
-def _hand_out(left: int, order: Sequence[str], seats: dict[str, int], caps: Mapping[str, int] | None) -> None:
+def _hand_out(left: int, order: Sequence[int], seats: list[int], caps: list[int] | None) -> None:
     # Without caps one pass suffices (left < len(order)); with caps, go round again until done.
     while left > 0:
         given = 0
-        for key in order:
+        for i in order:
             if left == 0:
                 break
-            if caps is None or seats[key] < caps[key]:
-                seats[key] += 1
+            if caps is None or seats[i] < caps[i]:
+                seats[i] += 1
                 left -= 1
                 given += 1
         if given == 0:
@@ -96,6 +108,8 @@ def _hand_out(left: int, order: Sequence[str], seats: dict[str, int], caps: Mapp
 
 def _integer_weights(weights: Mapping[str, Fraction | int]) -> dict[str, int]:
     """Exact weights on one integer scale: floats were made Fractions, so nothing is rounded."""
+    if all(type(value) is int for value in weights.values()):
+        return dict(weights)  # already on one integer scale (lcm of denominators 1): the hot path
     fractions = {key: Fraction(value) for key, value in weights.items()}
     scale = math.lcm(*(f.denominator for f in fractions.values()))
     return {key: int(f * scale) for key, f in fractions.items()}
@@ -163,6 +177,11 @@ def busy_total(window_ms: int, util_gpu_pct: float | None) -> int | None:
     """window x util / 100 in whole ms, half rounded up; util outside 0..100 is clamped."""
     if util_gpu_pct is None or isinstance(util_gpu_pct, bool) or not math.isfinite(util_gpu_pct):
         return None
+    if type(window_ms) is int and type(util_gpu_pct) in (int, float):
+        # The same exact sum in integers: util = n/d, so floor(w*n/(100 d) + 1/2) = (2wn + 100d) // 200d.
+        n, d = util_gpu_pct.as_integer_ratio()
+        n, d = (0, 1) if n < 0 else (100, 1) if n > 100 * d else (n, d)
+        return (2 * window_ms * n + 100 * d) // (200 * d)
     util = min(max(Fraction(util_gpu_pct), Fraction(0)), Fraction(100))
     return math.floor(window_ms * util / 100 + Fraction(1, 2))
 
@@ -187,21 +206,67 @@ def attribute(
     busy = busy_total(window_ms, util_gpu_pct)
     if not holders:
         return [Share(UNALLOCATED, window_ms, busy, energy_mj, None)]
-    merged = merge_holders(holders)
-    _, weights = split_basis(merged)
-    gpu = apportion(window_ms, weights)
-    busy_split = apportion(busy, weights, caps=gpu) if busy is not None else None
-    energy_split = apportion(energy_mj, weights) if energy_mj is not None else None
+    fast = _integer_split(holders)
+    if fast is None:  # a value of a type the integer path does not know: the Fraction path decides
+        merged = merge_holders(holders)
+        weights, memory = split_basis(merged)[1], {key: m.memory for key, m in merged.items()}
+    else:
+        weights, memory = fast
+    if len(weights) == 1:
+        # One workload takes the whole window: apportion would give it every unit (its busy cap,
+        # window_ms, is never below busy), so skip it. The common case on a dedicated GPU.
+        [key] = weights
+        return [Share(key, window_ms, busy, energy_mj, memory[key])]
+    keys = sorted(weights)
+    scaled = _integer_weights({key: weights[key] for key in keys})  # ints already, but for Fractions
+    units = [scaled[key] for key in keys]
+    gpu = _hamilton(window_ms, units)
+    busy_split = _hamilton(busy, units, caps=gpu) if busy is not None else None
+    energy_split = _hamilton(energy_mj, units) if energy_mj is not None else None
     return [
         Share(
             key,
-            gpu[key],
-            busy_split[key] if busy_split is not None else None,
-            energy_split[key] if energy_split is not None else None,
-            merged[key].memory,
+            gpu[i],
+            busy_split[i] if busy_split is not None else None,
+            energy_split[i] if energy_split is not None else None,
+            memory[key],
         )
-        for key in sorted(merged)
+        for i, key in enumerate(keys)
     ]
+
+
+def _integer_split(holders: Iterable[Holder]) -> tuple[dict[str, int], dict[str, int | None]] | None:
+    """merge_holders + split_basis without Fractions: (weights, memory) per workload, or None when
+    an SM value is neither int, float nor None (then the Fraction path, which knows more types).
+
+    A float is exactly n/d with d a power of two (float.as_integer_ratio), so every SM value is a
+    whole multiple of 1/D, D the largest d: the sums on that scale are exact integers, in the same
+    ratio as the Fraction sums. apportion gives the same seats for weights scaled by a constant."""
+    parts: dict[str, list[tuple[int, int]]] = {}
+    memory: dict[str, int | None] = {}
+    scale = 1
+    for key, sm, mem in holders:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"workload key must be a non-empty string, got {key!r}")
+        kind = type(sm)
+        if kind is float or kind is int:
+            ratio = sm.as_integer_ratio() if math.isfinite(sm) and sm >= 0 else None
+        elif sm is None:
+            ratio = None
+        else:
+            return None
+        samples = parts.setdefault(key, [])
+        if ratio is not None:
+            samples.append(ratio)
+            scale = max(scale, ratio[1])
+        memory[key] = _add(memory.get(key), _valid_memory(mem))
+    sm_weights = {key: sum(n * (scale // d) for n, d in samples) for key, samples in parts.items()}
+    if sum(sm_weights.values()) > 0:
+        return sm_weights, memory
+    memory_weights = {key: m or 0 for key, m in memory.items()}
+    if sum(memory_weights.values()) > 0:
+        return memory_weights, memory
+    return {key: 1 for key in parts}, memory
 
 
 def _check_total(name: str, value: int) -> None:
@@ -219,15 +284,16 @@ def by_tenant(shares: Iterable[Share], tenant_of: Callable[[str], str]) -> list[
     total over tenants equals the total over the shares given. UNALLOCATED stays UNALLOCATED.
     Shares from several GPUs or windows may be mixed; a None is left out of a sum, and a sum of
     nothing but None stays None."""
-    merged: dict[str, TenantShare] = {}
+    # Sums in plain lists, one TenantShare per tenant at the end: frozen dataclasses are slow to make.
+    sums: dict[str, list] = {}  # tenant -> [gpu_ms, busy_ms, energy_mj, peak_mem_bytes]
     for share in shares:
         tenant = UNALLOCATED if share.workload_key == UNALLOCATED else tenant_of(share.workload_key)
-        before = merged.get(tenant, TenantShare(tenant, 0, None, None, None))
-        merged[tenant] = TenantShare(
-            tenant,
-            before.gpu_ms + share.gpu_ms,
-            _add(before.busy_ms, share.busy_ms),
-            _add(before.energy_mj, share.energy_mj),
-            _add(before.peak_mem_bytes, share.peak_mem_bytes),
-        )
-    return [merged[tenant] for tenant in sorted(merged)]
+        total = sums.get(tenant)
+        if total is None:
+            sums[tenant] = [0 + share.gpu_ms, share.busy_ms, share.energy_mj, share.peak_mem_bytes]
+        else:
+            total[0] += share.gpu_ms
+            total[1] = _add(total[1], share.busy_ms)
+            total[2] = _add(total[2], share.energy_mj)
+            total[3] = _add(total[3], share.peak_mem_bytes)
+    return [TenantShare(tenant, *sums[tenant]) for tenant in sorted(sums)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from functools import cache
+from functools import cache, lru_cache
 
 from gpufleet.collector.attribute import TenantShare
 
@@ -23,11 +23,20 @@ _NS_PER_MS = 1_000_000
 
 
 def tag(value: str) -> str:
-    return value.translate(_ESCAPE_TAG)
+    # The escapes of _ESCAPE_TAG by str.replace: translate() looks up every character in a dict,
+    # replace() scans in C and hands back the string itself when there is nothing to escape.
+    # `\` goes first, so that no escape added after it is escaped again.
+    return value.replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ").replace("\n", r"\n")
+
+
+# Models, clusters and tenants are few and come back in every message; GPU UUIDs and node names
+# are too many for a small cache and go through tag() itself.
+_tag_few = lru_cache(maxsize=1024)(tag)
 
 
 def string_field(value: str) -> str:
-    return '"' + value.translate(_ESCAPE_STRING) + '"'
+    # The escapes of _ESCAPE_STRING by str.replace (see tag): ten times faster on a long JSON text.
+    return '"' + value.replace("\\", "\\\\").replace('"', r"\"") + '"'
 
 
 def _tags(pairs: Iterable[tuple[str, str]]) -> str:
@@ -52,35 +61,58 @@ def field_plan(fields: Sequence[str]) -> tuple[list[tuple[int, str, int | None]]
     return plan, unknown
 
 
-def _format_value(name: str, value: int, divisor: int | None) -> str:
-    if divisor is None:
-        return f"{name}={value}i"
-    return f"{name}={value / divisor!r}"
-
-
 def gpu_lines(window: TelemetryWindow, plan: list[tuple[int, str, int | None]]) -> list[str]:
     """One `gpu` point per GPU of the window, stamped with the window's start."""
     timestamp = window.t0_ms * _NS_PER_MS
     window_s = (window.t1_ms - window.t0_ms) / 1000
-    node_tags = f",cluster={tag(window.cluster)}"
-    node_tail = f",node={tag(window.node)}"
+    head = f"gpu,cluster={_tag_few(window.cluster)},gpu="
+    node = f",node={tag(window.node)},uuid="
     trailer = f"seq={window.seq}i,window_s={window_s!r} {timestamp}"
+    # The collector's hottest loop: one comprehension per GPU and no call per field. Integer
+    # fields are written `name=42i`, the others `name=<value / divisor>` in the shortest repr.
+    named = [(f"{name}=", pos, div) for pos, name, div in plan]
     lines = []
     for gpu in window.gpus:
         values = gpu.values
-        fields = [_format_value(name, values[pos], div) for pos, name, div in plan if values[pos] is not None]
+        fields = [
+            f"{name}{value}i" if div is None else f"{name}{value / div!r}"
+            for name, pos, div in named
+            if (value := values[pos]) is not None
+        ]
         fields.append(trailer)
-        lines.append(
-            f"gpu{node_tags},gpu={gpu.index},model={tag(gpu.model)}{node_tail},uuid={tag(gpu.uuid)} {','.join(fields)}"
-        )
+        lines.append(f"{head}{gpu.index},model={_tag_few(gpu.model)}{node}{tag(gpu.uuid)} {','.join(fields)}")
     return lines
+
+
+def workloads_field(workloads: dict[str, dict]) -> str:
+    """The `workloads` string field of a tenant_usage point: the billed identities as JSON,
+    json.dumps(workloads, sort_keys=True, separators=(",", ":")), made of workload_json pieces."""
+    return workloads_json_field([workload_json(key, workloads[key]) for key in sorted(workloads)])
+
+
+def workload_json(key: str, identity: dict) -> str:
+    """`"key":{identity}` as json.dumps writes one item of a map: a piece of workloads_field."""
+    return json.dumps(key) + ":" + json.dumps(identity, sort_keys=True, separators=(",", ":"))
+
+
+def workloads_json_field(pieces: list[str]) -> str:
+    """workloads_field from pieces already made, given in key order (a job comes back every window)."""
+    return string_field("{" + ",".join(pieces) + "}")
 
 
 def tenant_usage_line(
     window: TelemetryWindow, gpu: GpuWindow, share: TenantShare, workloads: dict[str, dict]
 ) -> str:
     """One tenant's part of one GPU-window; ms and mJ become s and J exactly (n/1000 in repr)."""
-    tags = f",cluster={tag(window.cluster)},gpu={gpu.index},model={tag(gpu.model)},node={tag(window.node)},tenant={tag(share.tenant)}"
+    return tenant_usage_line_with(window, gpu, share, workloads_field(workloads))
+
+
+def tenant_usage_line_with(window: TelemetryWindow, gpu: GpuWindow, share: TenantShare, workloads_text: str) -> str:
+    """tenant_usage_line with the workloads field made beforehand: a job on 8 GPUs has one text."""
+    tags = (
+        f",cluster={_tag_few(window.cluster)},gpu={gpu.index},model={_tag_few(gpu.model)},node={tag(window.node)}"
+        f",tenant={_tag_few(share.tenant)}"
+    )
     fields = [f"gpu_s={share.gpu_ms / 1000!r}"]
     if share.busy_ms is not None:
         fields.append(f"busy_gpu_s={share.busy_ms / 1000!r},idle_gpu_s={(share.gpu_ms - share.busy_ms) / 1000!r}")
@@ -89,7 +121,7 @@ def tenant_usage_line(
     if share.peak_mem_bytes is not None:
         fields.append(f"peak_mem_bytes={share.peak_mem_bytes}i")
     fields.append(f"uuid={string_field(gpu.uuid)}")
-    fields.append(f"workloads={string_field(json.dumps(workloads, sort_keys=True, separators=(',', ':')))}")
+    fields.append(f"workloads={workloads_text}")
     return f"tenant_usage{tags} {','.join(fields)} {window.t0_ms * _NS_PER_MS}"
 
 

@@ -48,10 +48,15 @@ class Pipeline:
         """`tenant_rules` is asked once per message, so that reloaded rules apply at once."""
         self.counters = PipelineCounters()
         self._tenant_rules = tenant_rules
+        self._tenants = _TenantCache()
+        # (cluster, node, seq) of the last message if it was an accepted window: what the collector
+        # confirms to the agent once the lines are stored. None after anything else.
+        self.accepted_window: tuple[str, str, int] | None = None
 
     def handle(self, topic: str, payload: bytes, now_ms: int) -> tuple[list[str], Rejected | None]:
         """Lines to write for one message, or no lines and the rejection (already counted)."""
         self.counters.received += 1
+        self.accepted_window = None
         try:
             lines = self._lines(wire.parse_topic(topic), payload, now_ms)
         except Rejected as rejection:
@@ -75,36 +80,103 @@ class Pipeline:
         self.counters.unknown_fields += len(unknown)
         self.counters.gpu_windows += len(window.gpus)
         self.counters.tenant_points += len(usage)
+        self.accepted_window = (window.cluster, window.node, window.seq)
         return lineproto.gpu_lines(window, plan) + usage
 
     def _tenant_usage_lines(self, window: wire.TelemetryWindow) -> list[str]:
         position = {name: pos for pos, name in enumerate(window.fields)}
         energy_at, util_at = position.get("energy_j"), position.get("util_gpu_pct")
-        rules = self._tenant_rules()
+        memo = _MessageMemo(window, self._tenants.using(self._tenant_rules()))
         lines = []
         for gpu in window.gpus:
             energy_mj = gpu.values[energy_at] if energy_at is not None else None
             util_centi = gpu.values[util_at] if util_at is not None else None
             if energy_mj is not None and energy_mj < 0:
                 raise Rejected("bad_value", f"GPU {gpu.index} energy_j {energy_mj} is negative")
-            lines.extend(_split_gpu_window(window, gpu, energy_mj, util_centi, rules))
+            lines.extend(_split_gpu_window(window, gpu, energy_mj, util_centi, memo))
         return lines
 
 
+class _TenantCache:
+    """A workload's tenant and JSON, kept across messages: the same jobs come back in every window,
+    and the rules are a pure function of (identity, GPU UUID, node). Keyed by node, workload key and
+    identity; emptied when the rules object changes (a reload) and when full. Not used when a rule
+    reads the GPU's UUID."""
+
+    MAX_ENTRIES = 1 << 16
+
+    def __init__(self) -> None:
+        self.rules: TenantRules | None = None
+        self.reads_gpu = True
+        self.tenants: dict[tuple[str, str, tuple[tuple[str, object], ...]], tuple[str, str]] = {}
+
+    def using(self, rules: TenantRules) -> _TenantCache:
+        if rules is not self.rules:
+            self.rules, self.reads_gpu, self.tenants = rules, _rules_read_gpu(rules), {}
+        elif len(self.tenants) >= self.MAX_ENTRIES:
+            self.tenants = {}
+        return self
+
+
+class _MessageMemo:
+    """What one message asks for again and again: a workload's tenant and JSON (a job on 8 GPUs is
+    looked up once), and the workloads field of each set of workloads a tenant line bills."""
+
+    def __init__(self, window: wire.TelemetryWindow, cache: _TenantCache) -> None:
+        self._window = window
+        self._cache = cache
+        self._known: dict[str, tuple[str, str]] = {}  # workload key -> (tenant, JSON piece)
+        self._texts: dict[tuple[str, ...], str] = {}
+
+    def tenant(self, key: str, gpu_uuid: str) -> str:
+        if self._cache.reads_gpu:
+            return self._cache.rules.tenant_for(self._window.workloads[key], gpu_uuid, self._window.node)
+        return self._workload(key, gpu_uuid)[0]
+
+    def _workload(self, key: str, gpu_uuid: str) -> tuple[str, str]:
+        known = self._known.get(key)
+        if known is None:
+            identity, node, cache = self._window.workloads[key], self._window.node, self._cache
+            # Identity values are str, int or None (wire validation), so the items can be a dict key.
+            content = (node, key, tuple(identity.items()))
+            known = cache.tenants.get(content)
+            if known is None:
+                tenant = cache.rules.tenant_for(identity, gpu_uuid, node)
+                known = cache.tenants[content] = (tenant, lineproto.workload_json(key, identity))
+            self._known[key] = known
+        return known
+
+    def workloads_text(self, keys: tuple[str, ...]) -> str:
+        """The workloads field for `keys` (sorted): pieces from the cache, joined once per message."""
+        text = self._texts.get(keys)
+        if text is None:
+            if self._cache.reads_gpu:
+                workloads = self._window.workloads
+                text = lineproto.workloads_field({key: workloads[key] for key in keys})
+            else:
+                text = lineproto.workloads_json_field([self._known[key][1] for key in sorted(keys)])
+            self._texts[keys] = text
+        return text
+
+
+def _rules_read_gpu(rules: TenantRules) -> bool:
+    """Whether a rule matches on the GPU's UUID; True when it cannot be told (rules of another type)."""
+    try:
+        return any(rule.match.gpu_uuid is not None for rule in rules.rules)
+    except AttributeError:
+        return True
+
+
 def _split_gpu_window(
-    window: wire.TelemetryWindow, gpu: wire.GpuWindow, energy_mj: int | None, util_centi: int | None, rules: TenantRules
+    window: wire.TelemetryWindow, gpu: wire.GpuWindow, energy_mj: int | None, util_centi: int | None, memo: _MessageMemo
 ) -> list[str]:
     """The GPU-window split among tenants: exact ms and mJ, one line per tenant."""
     holders = [(h.workload, None if h.sm_util_centi is None else h.sm_util_centi / 100, h.mem_bytes) for h in gpu.holders]
     util = None if util_centi is None else util_centi / 100
     shares = attribute(window.t1_ms - window.t0_ms, energy_mj, util, holders, gpu.owners)
-    tenant_of_key = {
-        s.workload_key: rules.tenant_for(window.workloads[s.workload_key], gpu.uuid, window.node)
-        for s in shares
-        if s.workload_key != UNALLOCATED
-    }
+    tenant_of_key = {s.workload_key: memo.tenant(s.workload_key, gpu.uuid) for s in shares if s.workload_key != UNALLOCATED}
     lines = []
     for share in by_tenant(shares, tenant_of_key.__getitem__):
-        keys = [key for key, tenant in tenant_of_key.items() if tenant == share.tenant]
-        lines.append(lineproto.tenant_usage_line(window, gpu, share, {key: window.workloads[key] for key in keys}))
+        keys = tuple(key for key, tenant in tenant_of_key.items() if tenant == share.tenant)
+        lines.append(lineproto.tenant_usage_line_with(window, gpu, share, memo.workloads_text(keys)))
     return lines

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpufleet import wire
-from gpufleet.mqtt import BrokerAddress, MqttError, MqttLink, TlsFiles
+from gpufleet.mqtt import BrokerAddress, MqttError, MqttLink, Received, TlsFiles
 from gpufleet.retry import Backoff
 
 from . import lineproto
@@ -77,6 +78,10 @@ class Collector:
         self._wake_flush = asyncio.Event()
         self._rejections = RateLimitedLog()
         self.subscribed = asyncio.Event()
+        self._link: MqttLink | None = None
+        # (buffer position of its last line, message, (cluster, node, seq) if a window)
+        self._unacked: deque[tuple[int, Received, tuple[str, str, int] | None]] = deque()
+        self._stored: dict[tuple[str, str], list[int]] = {}  # windows stored since the last confirmation
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`; then stop receiving and write out what is buffered (bounded by drain_timeout_s)."""
@@ -108,25 +113,56 @@ class Collector:
                 await asyncio.sleep(delay)
 
     async def _receive_connected(self, backoff: Backoff) -> None:
-        # A session that outlives a reconnect lets the broker queue our share of messages meanwhile.
-        link = MqttLink(self._broker, self._options.client_id, tls=self._tls, session_expiry_s=3600)
+        # A clean session: Mosquitto hands a shared subscription's messages to a member's stored
+        # session even while it is offline, so a dead collector with a session would swallow its
+        # share. Without one, the live members take everything; what a crash had in flight is
+        # sent again by the agents, which keep each window until a collector confirms it stored.
+        link = MqttLink(self._broker, self._options.client_id, tls=self._tls, manual_ack=True)
         async with link:
+            self._link = link
             await link.subscribe(wire.subscription(self._options.group))
             backoff.reset()
             self.subscribed.set()
             log.info("subscribed to %s on %s", wire.subscription(self._options.group), self._broker)
-            async for message in link.messages():
-                self._accept(message.topic, message.payload)
+            try:
+                async for message in link.messages():
+                    self._accept(message)
+            finally:
+                # Acknowledgements belong to this connection; the broker redelivers the rest.
+                self._link = None
+                self._unacked.clear()
 
-    def _accept(self, topic: str, payload: bytes) -> None:
+    def _accept(self, message: Received) -> None:
         now = time.time()
-        lines, rejection = self.pipeline.handle(topic, payload, int(now * 1000))
+        lines, rejection = self.pipeline.handle(message.topic, message.payload, int(now * 1000))
         if rejection is not None:
-            self._rejections.rejected(topic, rejection, now)
-            return
-        self.buffer.extend(lines)
+            self._rejections.rejected(message.topic, rejection, now)
+        # Acknowledged (PUBACK, and `stored` to the agent) only once its lines are in InfluxDB or it
+        # was refused: the broker's in-flight limit then holds the stream back while InfluxDB is away.
+        self._unacked.append((self.buffer.extend(lines), message, self.pipeline.accepted_window))
+        self._ack_written()
         if len(self.buffer) >= self._options.batch_lines:
             self._wake_flush.set()
+
+    def _ack_written(self) -> None:
+        while self._unacked and self._unacked[0][0] <= self.buffer.removed:
+            _, message, window = self._unacked.popleft()
+            if self._link is not None:
+                self._link.ack(message)
+            if window is not None:
+                cluster, node, seq = window
+                self._stored.setdefault((cluster, node), []).append(seq)
+
+    async def _confirm_stored(self) -> None:
+        """Tell each agent which of its windows are now stored (one message per node per flush)."""
+        stored, self._stored = self._stored, {}
+        if self._link is None:
+            return  # the agents will send those windows again; InfluxDB keeps one copy
+        for (cluster, node), seqs in stored.items():
+            try:
+                await self._link.publish(wire.stored_topic(cluster, node), wire.encode_stored(seqs))
+            except MqttError:
+                return
 
     # ------------------------------------------------------------------------------------ flush
 
@@ -162,6 +198,8 @@ class Collector:
             self.points_written += len(batch)
             backoff.reset()
         self.buffer.commit(len(batch))
+        self._ack_written()
+        await self._confirm_stored()
         return True
 
     # ----------------------------------------------------------------------------------- report

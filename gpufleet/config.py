@@ -104,6 +104,7 @@ class AgentConfig(_MqttSettings, _Cadence):
     state_dir: Path = Path("/var/lib/gpufleet")  # spool of unacknowledged messages, next sequence number
     spool_max_messages: int = Field(100_000, ge=10)  # ~11 days of 10 s windows; oldest dropped past it
     drain_timeout: float = Field(5.0, ge=0)  # on stop, seconds to go on delivering the spool
+    resend_after: float = Field(60.0, gt=0)  # a window no collector confirmed stored by then goes again
 
     @field_validator("cluster", "node")
     @classmethod

@@ -60,6 +60,8 @@ class TlsFiles:
 class Received:
     topic: str
     payload: bytes
+    mid: int = 0  # packet id, for `MqttLink.ack` when the link acknowledges by hand
+    qos: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,7 @@ class MqttLink:
         keepalive_s: int = 30,
         session_expiry_s: int = 0,
         ack_timeout_s: float = 30.0,
+        manual_ack: bool = False,
     ) -> None:
         self.broker = broker
         self._ack_timeout_s = ack_timeout_s
@@ -88,6 +91,9 @@ class MqttLink:
         # A non-zero expiry keeps a subscriber's session (and its queued QoS 1 messages) at the
         # broker across a reconnect; agents use 0, collectors a longer one.
         properties.SessionExpiryInterval = session_expiry_s
+        # How many unacknowledged QoS 1 messages the broker may send us at once (MQTT v5 3.1.2.11.3):
+        # with acknowledgements held until data is durable, this is the collector's pipeline depth.
+        properties.ReceiveMaximum = 65535
         self._client = aiomqtt.Client(
             broker.host,
             broker.port,
@@ -100,6 +106,9 @@ class MqttLink:
             tls_context=(tls or TlsFiles()).context() if broker.tls else None,
             timeout=ack_timeout_s,
         )
+        if manual_ack:
+            # aiomqtt has no switch for it; paho acknowledges on receipt unless told otherwise.
+            self._client._client.manual_ack_set(True)  # noqa: SLF001
 
     async def __aenter__(self) -> MqttLink:
         await self._client.__aenter__()
@@ -121,4 +130,11 @@ class MqttLink:
         """Messages as they arrive; raises MqttError when the connection drops (never hangs)."""
         async for message in self._client.messages:
             payload = message.payload
-            yield Received(message.topic.value, payload if isinstance(payload, bytes) else bytes(payload or b""))
+            payload = payload if isinstance(payload, bytes) else str(payload or "").encode()
+            yield Received(message.topic.value, payload, message.mid, message.qos)
+
+    def ack(self, message: Received) -> None:
+        """PUBACK a message received with manual_ack: the broker may now forget it. Runs on the
+        event loop thread, which is where aiomqtt drives paho's socket, so no lock is needed."""
+        if message.qos > 0:
+            self._client._client.ack(message.mid, message.qos)  # noqa: SLF001

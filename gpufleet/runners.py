@@ -114,6 +114,7 @@ def run_agent(settings: cfg.AgentConfig) -> int:
     agent = NodeAgent(
         settings.cluster, settings.node, source, _cadence(settings), workloads=workloads,
         spool=DiskSpool(state / "spool", settings.spool_max_messages), seq_file=SeqFile(state / "next-seq"),
+        resend_after_s=settings.resend_after,
     )
     try:
         _run_until_signalled(lambda stop: _agent_forever(agent, settings, stop))

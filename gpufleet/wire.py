@@ -5,6 +5,10 @@ Topics (MQTT v5, QoS 1):
     gpufleet/v1/<cluster>/<node>/state       retained: online on connect, offline as the last will
     gpufleet/v1/<cluster>/<node>/events      XID, double-bit ECC, row-remap failure, GPU lost
 
+Collectors answer on `gpufleet/ack/v1/<cluster>/<node>` (outside the telemetry subscription) with
+the sequence numbers of the node's windows that are now stored in InfluxDB; an agent keeps a
+window in its spool, and sends it again, until one collector has said so.
+
 Payloads are MessagePack maps. Telemetry carries the window's field names once and one row of
 integers ("wire units", see metrics.csv `wire_scale`) per GPU, so a GPU-window costs little more than
 its numbers. A field the GPU does not support is nil (absent), never zero.
@@ -92,6 +96,10 @@ def state_topic(cluster: str, node: str) -> str:
 
 def events_topic(cluster: str, node: str) -> str:
     return f"{TOPIC_ROOT}/{cluster}/{node}/events"
+
+
+def stored_topic(cluster: str, node: str) -> str:
+    return f"gpufleet/ack/v1/{cluster}/{node}"
 
 
 def subscription(group: str) -> str:
@@ -289,14 +297,43 @@ def _check_int(value: Any) -> int | None:
     return value
 
 
+_NONE = type(None)
+_INT_OR_NONE = frozenset({int, _NONE})
+
+
+def _check_values(values: list[Any]) -> tuple[int | None, ...]:
+    """tuple(_check_int(v) for v in values), with the common case checked in C: every value an int
+    or None, the ints within 64 bits. Otherwise the loop finds and names the first bad value."""
+    kinds = set(map(type, values))
+    if kinds <= _INT_OR_NONE:
+        present = [v for v in values if v is not None] if _NONE in kinds else values
+        if not present or (-MAX_ABS_INT <= min(present) and max(present) <= MAX_ABS_INT):
+            return tuple(values)
+    return tuple(_check_int(v) for v in values)
+
+
+# Field lists already found valid: an agent sends the same list in every message, so checking its
+# 40-odd names each time is wasted. Small and bounded: a fleet runs a few agent versions at a time.
+_VALID_FIELDS: set[tuple[str, ...]] = set()
+_VALID_FIELDS_MAX = 64
+
+
 def _decode_fields(raw: Any) -> tuple[str, ...]:
     if not isinstance(raw, list) or len(raw) > MAX_FIELDS:
         raise Rejected("limits", f"'fields' must be a list of at most {MAX_FIELDS} names")
+    fields = tuple(raw)
+    try:
+        if fields in _VALID_FIELDS:
+            return fields
+    except TypeError:
+        pass  # an unhashable "name": the checks below reject it
     for name in raw:
         _check_name("field", name, _FIELD)
     if len(set(raw)) != len(raw):
         raise Rejected("schema", "'fields' repeats a name")
-    return tuple(raw)
+    if len(_VALID_FIELDS) < _VALID_FIELDS_MAX:
+        _VALID_FIELDS.add(fields)
+    return fields
 
 
 def _decode_holder(raw: Any, workloads: dict[str, Any]) -> Holder:
@@ -330,7 +367,7 @@ def _decode_gpu(raw: Any, field_count: int, workloads: dict[str, Any]) -> GpuWin
         index=index,
         uuid=uuid,
         model=model,
-        values=tuple(_check_int(v) for v in values),
+        values=_check_values(values),
         holders=tuple(_decode_holder(h, workloads) for h in holders_raw),
         owners=tuple(owners_raw),
     )
@@ -380,6 +417,26 @@ def decode_telemetry(payload: bytes, topic: Topic, now_ms: int) -> TelemetryWind
         raise Rejected("limits", f"'gpus' must be a list of at most {MAX_GPUS}")
     gpus = tuple(_decode_gpu(g, len(fields), workloads) for g in gpus_raw)
     return TelemetryWindow(topic.cluster, topic.node, seq, t0, t1, fields, gpus, workloads)
+
+
+def encode_stored(seqs: list[int]) -> bytes:
+    return _pack({"v": PROTOCOL_VERSION, "seqs": sorted(seqs)})
+
+
+def decode_stored(payload: bytes) -> list[int]:
+    """The sequence numbers a collector stored; the agent side of `encode_stored`."""
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise Rejected("too_large", f"{len(payload)} bytes")
+    try:
+        message = msgpack.unpackb(payload, raw=False)
+    except Exception:  # msgpack raises several unrelated types for bad input
+        raise Rejected("malformed", "not MessagePack") from None
+    if not isinstance(message, dict) or message.get("v") != PROTOCOL_VERSION:
+        raise Rejected("version", "not a version 1 stored acknowledgement")
+    seqs = message.get("seqs")
+    if not isinstance(seqs, list) or not all(type(s) is int and 0 <= s <= MAX_ABS_INT for s in seqs):
+        raise Rejected("schema", "'seqs' must be a list of sequence numbers")
+    return seqs
 
 
 def decode_event(payload: bytes, topic: Topic, now_ms: int) -> GpuEventMessage:
