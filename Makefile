@@ -12,8 +12,10 @@ DESTDIR ?=
 # Debian bookworm packages; the tests and the demo start their own instances on free loopback
 # ports (gpufleet/localstack.py), so it does not matter whether Debian also starts its own.
 # gcc + libc6-dev: the NVML ABI test compiles a probe against NVIDIA's nvml.h.
-APT_PACKAGES := mosquitto influxdb nginx-light gcc libc6-dev
-SERVICE_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/sbin/nginx /usr/bin/gcc /usr/include/stdio.h
+# chromium + fonts: PDF reports, and the test that looks at the HTML report as a person would.
+APT_PACKAGES := mosquitto influxdb nginx-light gcc libc6-dev chromium fonts-dejavu-core
+SERVICE_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/sbin/nginx /usr/bin/gcc /usr/include/stdio.h \
+	/usr/bin/chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps system-deps test demo install bench clean distclean

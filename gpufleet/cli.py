@@ -161,6 +161,93 @@ def collector(
     raise typer.Exit(run_collector(settings))
 
 
+ReportConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="GPUFLEET_REPORT_CONFIG", help="Report TOML: [influx], [prices], [[reference]], [mail]"),
+]
+InfluxQueryUrl = Annotated[str | None, typer.Option(help="InfluxDB URL for InfluxQL queries (overrides [influx] url)")]
+Database = Annotated[str | None, typer.Option("--database", "--bucket", help="Database (overrides [influx] database)")]
+
+
+def _report_config(config: Path | None, influx_url: str | None, database: str | None) -> Any:
+    from gpufleet.reports.settings import load_report_config  # noqa: PLC0415
+
+    try:
+        return load_report_config(config, {"influx": {"url": influx_url, "database": database}})
+    except cfg.ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+
+
+@app.command()
+def report(
+    start: Annotated[str, typer.Option("--from", help="Start, ISO 8601 (UTC without a zone), e.g. 2026-11-01")],
+    end: Annotated[str, typer.Option("--to", help="End (exclusive), ISO 8601")],
+    out: Annotated[Path, typer.Option(help="Output file (--tenant) or folder (--all)")],
+    tenant: Annotated[str | None, typer.Option(help="The tenant to report on")] = None,
+    all_tenants: Annotated[bool, typer.Option("--all", help="Every tenant, plus a fleet chargeback CSV")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="html, pdf, csv or json")] = "html",
+    mail_to: Annotated[list[str] | None, typer.Option(help="Mail the tenant's report to this address (repeatable)")] = None,
+    mail: Annotated[bool, typer.Option("--mail", help="Mail each tenant its own report ([mail.recipients])")] = False,
+    no_rollup: Annotated[bool, typer.Option("--no-rollup", help="Read raw points only, not the hourly rollup")] = False,
+    config: ReportConfigFile = None,
+    influx_url: InfluxQueryUrl = None,
+    database: Database = None,
+) -> None:
+    """Per-tenant usage report: GPU-hours, busy share, energy, cost, waste, incidents."""
+    _setup_logging(False)
+    from gpufleet.reports.main import ReportError, run_report  # noqa: PLC0415
+
+    settings = _report_config(config, influx_url, database)
+    try:
+        run = run_report(
+            settings, start=start, end=end, fmt=fmt, out=out, tenant=tenant, all_tenants=all_tenants,  # type: ignore[arg-type]
+            mail_to=mail_to or (), mail_tenants=mail, use_rollup=not no_rollup,
+        )
+    except ReportError as exc:
+        raise _fail(str(exc)) from None
+    for path in run.files:
+        typer.echo(str(path))
+    for tenant_name, recipients in sorted(run.mailed.items()):
+        typer.echo(f"mailed {tenant_name} to {', '.join(recipients)}")
+    if run.not_mailed:
+        typer.echo(f"not mailed (no recipients configured): {', '.join(run.not_mailed)}", err=True)
+    if run.reconciled is False:
+        raise _fail("the chargeback does not reconcile with the fleet totals (see the last line of chargeback.csv)", 3)
+
+
+@app.command()
+def rollup(
+    start: Annotated[str | None, typer.Option("--from", help="Start (default: lookback_hours ago)")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="End (default: the last complete hour)")] = None,
+    config: ReportConfigFile = None,
+    influx_url: InfluxQueryUrl = None,
+    database: Database = None,
+) -> None:
+    """Compute the hourly per-tenant rollup that long reports read (run it hourly, e.g. a systemd timer)."""
+    _setup_logging(False)
+    from gpufleet.reports.main import ReportError, run_rollup  # noqa: PLC0415
+
+    settings = _report_config(config, influx_url, database)
+    try:
+        summary = run_rollup(settings, start=start, end=end)
+    except ReportError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"rolled up {summary.hours} hours: {summary.tenant_rows} tenant rows, {summary.meter_rows} fleet rows")
+
+
+dashboards_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards, provisioning and alert rules.")
+app.add_typer(dashboards_app, name="dashboards")
+
+
+@dashboards_app.command("build")
+def dashboards_build(out: Annotated[Path, typer.Option(help="Folder for dashboards and provisioning files")]) -> None:
+    """Write the dashboards (JSON) and Grafana provisioning (data source, dashboard provider, alert rules)."""
+    from gpufleet.dashboards import build  # noqa: PLC0415
+
+    for path in build(out):
+        typer.echo(str(path))
+
+
 @app.command()
 def demo(
     nodes: Annotated[int, typer.Option(help="Simulated nodes")] = 20,

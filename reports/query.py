@@ -1,0 +1,133 @@
+"""The only module of gpufleet.reports that talks to InfluxDB: InfluxQL over HTTP (`/query`) and
+line-protocol writes (`/write`) of the InfluxDB 1.x API. Plain urllib, no client library:
+influxdb-client speaks only Flux/v2 and cannot run InfluxQL.
+
+Also the InfluxQL text builders (`literal`, `ident`, `time_range`), pure, so that every value
+that reaches a query string goes through one escaping rule.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from typing import Any
+
+HTTP_TIMEOUT_S = 120.0  # a month of a large fleet is aggregated server-side; give it time
+WRITE_BATCH_LINES = 5000
+
+
+class InfluxError(RuntimeError):
+    """InfluxDB could not be reached or refused a statement; the message says which and why."""
+
+
+# --- InfluxQL text ------------------------------------------------------------------------
+
+
+def literal(value: str) -> str:
+    """An InfluxQL string literal: single quotes, with `\\` and `'` escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def ident(name: str) -> str:
+    """An InfluxQL identifier in double quotes, escaped."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def time_range(start_ns: int, end_ns: int) -> str:
+    """`time >= start AND time < end`: half-open, so adjacent periods never count a point twice."""
+    return f"time >= {int(start_ns)} AND time < {int(end_ns)}"
+
+
+def tag_is(key: str, value: str | None) -> str:
+    """` AND "key" = 'value'`, or nothing when value is None (no filter)."""
+    return "" if value is None else f" AND {ident(key)} = {literal(value)}"
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+class InfluxQL:
+    """One InfluxDB 1.x database. `base_url` is InfluxDB's HTTP address (http://host:8086)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        database: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout_s: float = HTTP_TIMEOUT_S,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.database = database
+        self._timeout_s = timeout_s
+        self._auth = None
+        if username is not None:
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self._auth = f"Basic {token}"
+
+    def rows(self, influxql: str) -> list[dict[str, Any]]:
+        """Every row of every series as one dict: the columns (with `time` in ns) and the GROUP BY tags."""
+        out: list[dict[str, Any]] = []
+        for result in self.results(influxql):
+            for series in result.get("series", []):
+                tags = series.get("tags") or {}
+                columns = series["columns"]
+                for values in series.get("values", []):
+                    out.append({**tags, **dict(zip(columns, values))})
+        return out
+
+    def results(self, influxql: str) -> list[dict[str, Any]]:
+        """InfluxDB's `results` list for one or more statements; raises InfluxError on any error.
+
+        POST, because 1.x refuses SELECT ... INTO, DELETE and CREATE over GET."""
+        form = urllib.parse.urlencode({"q": influxql, "db": self.database, "epoch": "ns"}).encode()
+        answer = self._post("/query", form, "application/x-www-form-urlencoded")
+        try:
+            parsed = json.loads(answer)
+        except ValueError:
+            raise InfluxError(f"InfluxDB answered something that is not JSON to {influxql[:200]!r}") from None
+        if "error" in parsed:
+            raise InfluxError(f"InfluxDB refused {influxql[:200]!r}: {parsed['error']}")
+        results: list[dict[str, Any]] = parsed.get("results", [])
+        for result in results:
+            if "error" in result:
+                raise InfluxError(f"InfluxDB refused {influxql[:200]!r}: {result['error']}")
+        return results
+
+    def write(self, lines: Iterable[str]) -> int:
+        """Write line-protocol lines (ns timestamps) in batches; the number of lines written."""
+        batch: list[str] = []
+        written = 0
+        for line in lines:
+            batch.append(line)
+            if len(batch) >= WRITE_BATCH_LINES:
+                written += self._write_batch(batch)
+                batch = []
+        if batch:
+            written += self._write_batch(batch)
+        return written
+
+    def _write_batch(self, batch: list[str]) -> int:
+        query = urllib.parse.urlencode({"db": self.database, "precision": "ns"})
+        self._post(f"/write?{query}", "\n".join(batch).encode(), "text/plain; charset=utf-8")
+        return len(batch)
+
+    def _post(self, path: str, body: bytes, content_type: str) -> bytes:
+        request = urllib.request.Request(self.base_url + path, data=body, method="POST")
+        request.add_header("Content-Type", content_type)
+        if self._auth:
+            request.add_header("Authorization", self._auth)
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace").strip()[:500]
+            raise InfluxError(f"InfluxDB at {self.base_url} answered HTTP {exc.code} to {path.split('?')[0]}: {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise InfluxError(f"InfluxDB at {self.base_url} unreachable: {reason}") from None
