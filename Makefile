@@ -59,12 +59,19 @@ bench:
 	$(PY) bench/pipeline.py
 	$(PY) bench/agent_nvml.py
 
-# Units and example configs; existing configs in /etc/gpufleet are never overwritten.
+# The application into /opt/gpufleet (its own venv), the `gpufleet` system user, units and
+# example configs; existing configs in /etc/gpufleet are never overwritten.
 install:
+	$(PYTHON) -m venv $(DESTDIR)/opt/gpufleet
+	$(DESTDIR)/opt/gpufleet/bin/pip install --disable-pip-version-check --quiet .
+	install -m 0644 README.md $(DESTDIR)/opt/gpufleet/README.md
+	@if [ -z "$(DESTDIR)" ] && ! id -u gpufleet >/dev/null 2>&1; then \
+		useradd --system --home-dir /var/lib/gpufleet --shell /usr/sbin/nologin gpufleet; fi
 	install -d $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/gpufleet
-	install -m 0644 systemd/*.service $(DESTDIR)/etc/systemd/system/
-	@for conf in systemd/*.toml; do \
-		target=$(DESTDIR)/etc/gpufleet/$$(basename $$conf); \
+	install -m 0644 systemd/*.service systemd/*.timer $(DESTDIR)/etc/systemd/system/
+	@for conf in systemd/*.toml reports/report.example.toml; do \
+		name=$$(basename $$conf); name=$${name/.example/}; \
+		target=$(DESTDIR)/etc/gpufleet/$$name; \
 		if [ -e "$$target" ]; then echo "keeping existing $$target"; \
 		else install -m 0644 "$$conf" "$$target" && echo "installed $$target"; fi; \
 	done
