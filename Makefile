@@ -13,9 +13,10 @@ DESTDIR ?=
 # ports (gpufleet/localstack.py), so it does not matter whether Debian also starts its own.
 # gcc + libc6-dev: the NVML ABI test compiles a probe against NVIDIA's nvml.h.
 # chromium + fonts: PDF reports, and the test that looks at the HTML report as a person would.
-APT_PACKAGES := mosquitto influxdb nginx-light gcc libc6-dev chromium fonts-dejavu-core
+# systemd: `systemd-analyze security --offline` rates the shipped units.
+APT_PACKAGES := mosquitto influxdb nginx-light gcc libc6-dev chromium fonts-dejavu-core systemd
 SERVICE_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/sbin/nginx /usr/bin/gcc /usr/include/stdio.h \
-	/usr/bin/chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+	/usr/bin/chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/bin/systemd-analyze
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps system-deps test demo install bench clean distclean
@@ -40,7 +41,7 @@ system-deps:
 # The stamp reruns pip only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check -e '.[test,docs]'
 	touch $@
 
 # A shell check, not a file target: with `make deps test` the venv appears during this run.

@@ -23,6 +23,7 @@ Everything but `resolve` (and the small readers under it) is pure and takes text
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,7 +44,7 @@ USER = "user"
 # Key order of each kind after "pid" and "kind": to_json_line writes these first, then any
 # other key (added by later enrichment) in sorted order, so equal identities give equal lines.
 FIELD_ORDER: dict[str | None, tuple[str, ...]] = {
-    K8S_POD: ("pod_uid", "container", "namespace", "pod", "labels"),
+    K8S_POD: ("pod_uid", "container", "namespace", "pod", "container_name", "labels"),
     SLURM_JOB: ("job", "step", "account", "user", "partition"),
     DOCKER: ("container",),
     PODMAN: ("container",),
@@ -352,6 +353,9 @@ def workload_key(identity: Mapping[str, Any]) -> str:
     """A short id, stable for the workload's life, that attribution groups GPU time by."""
     kind = identity.get("kind")
     if kind == K8S_POD:
+        if identity.get("pod_uid") is None:  # from the kubelet's pod-resources: names, no UID
+            key = f"k8s-pod:{identity['namespace']}/{identity['pod']}"
+            return key if len(key) <= 128 else f"{key[:111]}~{hashlib.sha1(key.encode()).hexdigest()[:16]}"
         container = identity.get("container")
         suffix = f"/{container[:SHORT_ID]}" if container else ""
         return f"k8s:{identity['pod_uid']}{suffix}"
@@ -374,6 +378,9 @@ def identity_from_key(key: str, pid: int | None = None) -> Identity:
     prefix, sep, rest = key.partition(":")
     if not sep or not rest:
         raise ValueError(f"workload key {key!r} is not <kind>:<id>")
+    if prefix == "k8s-pod":
+        namespace, _, pod = rest.partition("/")
+        return {"pid": pid, "kind": K8S_POD, "pod_uid": None, "container": None, "namespace": namespace, "pod": pod}
     if prefix == "k8s":
         pod_uid, _, container = rest.partition("/")
         return {"pid": pid, "kind": K8S_POD, "pod_uid": pod_uid, "container": container or None}

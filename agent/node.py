@@ -57,6 +57,7 @@ class AgentStats:
     windows_resent: int = 0
     events_published: int = 0
     connects: int = 0
+    samples: int = 0  # progress of the sampling loop: what the systemd watchdog is fed from
     published: list[wire.TelemetryWindow] = field(default_factory=list)  # kept only when recording
 
 
@@ -91,7 +92,8 @@ class NodeAgent:
         self._record = record
         self._max_backoff_s = max_backoff_s
         self._resend_after_s = resend_after_s
-        self._sent_at: dict[int, float] = {}  # spool id -> loop time of its last send
+        self._sent_at: dict[int, float] = {}  # spool id -> loop time its next send is due
+        self._sends: dict[int, int] = {}  # spool id -> times sent: resends back off, 1x 2x 4x .. 16x
         self._acknowledged: set[int] = set()  # spool ids the broker acknowledged at least once
         self._clock = clock
         self._aggregator = WindowAggregator(cadence.sample_ms)
@@ -146,6 +148,7 @@ class NodeAgent:
                 if await _sleep_until(start_mono + tick * self._cadence.sample_ms / 1000, stop, loop):
                     return
                 self._aggregator.add(t0_ms + tick * self._cadence.sample_ms, self._source.sample())
+                self.stats.samples += 1
                 self._spool_events(self._source.poll_events())
             t1_ms = t0_ms + tick * self._cadence.sample_ms
             self._spool_window(window_start_ms, t1_ms)
@@ -230,6 +233,7 @@ class NodeAgent:
 
     def _forget(self, item_id: int) -> None:
         self._sent_at.pop(item_id, None)
+        self._sends.pop(item_id, None)
         self._acknowledged.discard(item_id)
         self._gpu_counts.pop(item_id, None)
 
@@ -242,10 +246,13 @@ class NodeAgent:
         loop = asyncio.get_running_loop()
         while not (sampling_done.is_set() and self._delivered()):
             now = loop.time()
-            due = [i for i in self.spool.ids() if now - self._sent_at.get(i, -1e18) >= self._resend_after_s]
+            if len(self._sent_at) > len(self.spool):  # windows the spool's bound pushed out
+                for gone in set(self._sent_at).difference(self.spool.ids()):
+                    self._forget(gone)
+            due = [i for i in self.spool.ids() if self._sent_at.get(i, now) <= now]
             if not due:
                 self._spooled.clear()
-                next_due = min((t + self._resend_after_s for t in self._sent_at.values()), default=None)
+                next_due = min(self._sent_at.values(), default=None)
                 timeout = None if next_due is None else max(0.0, next_due - now)
                 try:
                     await asyncio.wait_for(self._spooled.wait(), timeout)
@@ -272,7 +279,10 @@ class NodeAgent:
         else:
             self.stats.windows_resent += 1
         if item_id in self.spool:  # not confirmed stored while we waited for the PUBACK
-            self._sent_at[item_id] = loop.time()
+            sends = self._sends[item_id] = self._sends.get(item_id, 0) + 1
+            # While a collector or InfluxDB is away, resending every window at the same pace
+            # would multiply the backlog; back off per window instead.
+            self._sent_at[item_id] = loop.time() + self._resend_after_s * min(16, 2 ** (sends - 1))
             self._acknowledged.add(item_id)
 
 

@@ -4,11 +4,15 @@ How each field aggregates is the `agg` column of metrics.csv: mean / max / last 
 window's samples; `delta` for counters (energy, PCIe and NVLink bytes), carried across windows so
 that no joule falls between two windows; `bit_seconds` for the time a clock-event (throttle)
 reason was set; `count` for the number of samples. A field no sample had stays absent.
+
+MIG instances are windows of their own (keyed by their MIG UUID, with their parent's index and
+their compute slices), so that each instance's holders are billed for that instance alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import re
 from dataclasses import dataclass, field
 
 from gpufleet.catalogue import Metric, gpu_window_fields
@@ -30,6 +34,7 @@ class GpuWindowValues:
     model: str
     values: tuple[int | None, ...]  # wire units, aligned with WindowAggregator.field_names
     processes: tuple[ProcessWindow, ...]
+    mig: tuple[int, int, int] | None = None  # MIG instance: (GPU instance id, its slices, the GPU's slices)
 
 
 @dataclass(slots=True)
@@ -42,10 +47,22 @@ class _Sample:
 class _GpuState:
     index: int
     model: str
+    mig: tuple[int, int, int] | None = None
     last_t_ms: int | None = None
     counters: dict[str, int] = field(default_factory=dict)  # last counter values, across windows
     samples: list[_Sample] = field(default_factory=list)
     processes: dict[int, list[tuple[float | None, int | None]]] = field(default_factory=dict)
+
+
+_MIG_SLICES = re.compile(r"MIG (\d+)g\.")
+
+
+def mig_slices(instance_id: int, instance_name: str, gpu_model: str) -> tuple[int, int, int]:
+    """(instance id, compute slices of the instance, slices of the whole GPU) from NVML's names:
+    "NVIDIA A100-SXM4-80GB MIG 3g.40gb" has 3 of the A100's 7 slices (the A30 has 4)."""
+    found = _MIG_SLICES.search(instance_name)
+    total = 4 if "A30" in gpu_model else 7
+    return instance_id, min(total, int(found.group(1))) if found else 1, total
 
 
 def counter_delta(previous: int | None, current: int) -> int:
@@ -65,14 +82,19 @@ class WindowAggregator:
 
     def add(self, t_ms: int, readings: Sequence[GpuReading]) -> None:
         for reading in readings:
-            state = self._gpus.get(reading.uuid)
-            if state is None:
-                state = self._gpus[reading.uuid] = _GpuState(reading.index, reading.model)
-            dt_ms = self._nominal_sample_ms if state.last_t_ms is None else max(0, t_ms - state.last_t_ms)
-            state.last_t_ms = t_ms
-            state.samples.append(_Sample(dt_ms, reading.values))
-            for process in reading.processes:
-                state.processes.setdefault(process.pid, []).append((process.sm_util_pct, process.used_memory_bytes))
+            self._add_one(t_ms, reading, reading.index, None)
+            for instance in reading.mig_instances:
+                self._add_one(t_ms, instance, reading.index, mig_slices(instance.index, instance.model, reading.model))
+
+    def _add_one(self, t_ms: int, reading: GpuReading, index: int, mig: tuple[int, int, int] | None) -> None:
+        state = self._gpus.get(reading.uuid)
+        if state is None:
+            state = self._gpus[reading.uuid] = _GpuState(index, reading.model, mig)
+        dt_ms = self._nominal_sample_ms if state.last_t_ms is None else max(0, t_ms - state.last_t_ms)
+        state.last_t_ms = t_ms
+        state.samples.append(_Sample(dt_ms, reading.values))
+        for process in reading.processes:
+            state.processes.setdefault(process.pid, []).append((process.sm_util_pct, process.used_memory_bytes))
 
     def close(self) -> list[GpuWindowValues]:
         """The window's values for every GPU that gave at least one sample; starts the next window."""
@@ -87,11 +109,12 @@ class WindowAggregator:
                     model=state.model,
                     values=tuple(self._aggregate(m, state) for m in self._fields),
                     processes=_process_windows(state.processes),
+                    mig=state.mig,
                 )
             )
             state.samples = []
             state.processes = {}
-        return sorted(windows, key=lambda w: w.index)
+        return sorted(windows, key=lambda w: (w.index, w.mig or (-1,)))
 
     def _aggregate(self, metric: Metric, state: _GpuState) -> int | None:
         if metric.agg == "count":

@@ -40,8 +40,10 @@ class WorkloadResolver:
         annotated = []
         for gpu in gpus:
             holders = self._holders(gpu.processes, workloads, seen)
-            owners = tuple(dict.fromkeys(self._key(i, workloads) for i in allocations.get(gpu.index, ())))
-            annotated.append(wire.GpuWindow(gpu.index, gpu.uuid, gpu.model, gpu.values, holders, owners))
+            # The job mapping names whole GPUs; under MIG they own the slices no instance uses.
+            allocated = allocations.get(gpu.index, ()) if gpu.mig is None else ()
+            owners = tuple(dict.fromkeys(self._key(i, workloads) for i in allocated))
+            annotated.append(wire.GpuWindow(gpu.index, gpu.uuid, gpu.model, gpu.values, holders, owners, gpu.mig))
         self._known = seen  # pids that left the GPUs are forgotten (and may be reused by the OS)
         return tuple(annotated), workloads
 

@@ -80,7 +80,7 @@ def gpu_lines(window: TelemetryWindow, plan: list[tuple[int, str, int | None]]) 
             if (value := values[pos]) is not None
         ]
         fields.append(trailer)
-        lines.append(f"{head}{gpu.index},model={_tag_few(gpu.model)}{node}{tag(gpu.uuid)} {','.join(fields)}")
+        lines.append(f"{head}{gpu.tag},model={_tag_few(gpu.model)}{node}{tag(gpu.uuid)} {','.join(fields)}")
     return lines
 
 
@@ -110,7 +110,7 @@ def tenant_usage_line(
 def tenant_usage_line_with(window: TelemetryWindow, gpu: GpuWindow, share: TenantShare, workloads_text: str) -> str:
     """tenant_usage_line with the workloads field made beforehand: a job on 8 GPUs has one text."""
     tags = (
-        f",cluster={_tag_few(window.cluster)},gpu={gpu.index},model={_tag_few(gpu.model)},node={tag(window.node)}"
+        f",cluster={_tag_few(window.cluster)},gpu={gpu.tag},model={_tag_few(gpu.model)},node={tag(window.node)}"
         f",tenant={_tag_few(share.tenant)}"
     )
     fields = [f"gpu_s={share.gpu_ms / 1000!r}"]

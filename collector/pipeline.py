@@ -14,7 +14,7 @@ from gpufleet import wire
 from gpufleet.wire import Rejected
 
 from . import lineproto
-from .attribute import UNALLOCATED, attribute, by_tenant
+from .attribute import UNALLOCATED, apportion, attribute, by_tenant
 from .tenants import TenantRules
 
 
@@ -87,13 +87,23 @@ class Pipeline:
         position = {name: pos for pos, name in enumerate(window.fields)}
         energy_at, util_at = position.get("energy_j"), position.get("util_gpu_pct")
         memo = _MessageMemo(window, self._tenants.using(self._tenant_rules()))
+        instances: dict[int, list[wire.GpuWindow]] = {}
+        for gpu in window.gpus:
+            if gpu.mig is not None:
+                instances.setdefault(gpu.index, []).append(gpu)
+        window_ms = window.t1_ms - window.t0_ms
         lines = []
         for gpu in window.gpus:
+            if gpu.mig is not None:
+                continue  # split with its GPU below
             energy_mj = gpu.values[energy_at] if energy_at is not None else None
             util_centi = gpu.values[util_at] if util_at is not None else None
             if energy_mj is not None and energy_mj < 0:
                 raise Rejected("bad_value", f"GPU {gpu.index} energy_j {energy_mj} is negative")
-            lines.extend(_split_gpu_window(window, gpu, energy_mj, util_centi, memo))
+            if gpu.index in instances:
+                lines.extend(_split_mig_gpu(window, gpu, instances[gpu.index], energy_mj, memo))
+            else:
+                lines.extend(_split_gpu_window(window, gpu, window_ms, energy_mj, util_centi, memo))
         return lines
 
 
@@ -167,13 +177,43 @@ def _rules_read_gpu(rules: TenantRules) -> bool:
         return True
 
 
-def _split_gpu_window(
-    window: wire.TelemetryWindow, gpu: wire.GpuWindow, energy_mj: int | None, util_centi: int | None, memo: _MessageMemo
+def _split_mig_gpu(
+    window: wire.TelemetryWindow, gpu: wire.GpuWindow, parts: list[wire.GpuWindow], energy_mj: int | None, memo: _MessageMemo
 ) -> list[str]:
-    """The GPU-window split among tenants: exact ms and mJ, one line per tenant."""
-    holders = [(h.workload, None if h.sm_util_centi is None else h.sm_util_centi / 100, h.mem_bytes) for h in gpu.holders]
+    """A GPU in MIG mode: its window and energy go to its instances by compute slices (what each
+    instance can use, busy or not), the slices no instance holds to the GPU's owners or
+    `unallocated`; each instance's part is then split among that instance's holders."""
+    total = parts[0].mig[2]  # type: ignore[index]  # parts are MIG instances
+    weights = {f"mig{part.mig[0]}": part.mig[1] for part in parts}  # type: ignore[index]
+    free = total - sum(weights.values())
+    if free < 0 or any(part.mig[2] != total for part in parts) or len(weights) != len(parts):  # type: ignore[index]
+        raise Rejected("schema", f"GPU {gpu.index}: MIG instances do not fit its {total} slices")
+    weights["free"] = free
+    ms = apportion(window.t1_ms - window.t0_ms, weights)
+    energy = apportion(energy_mj, weights) if energy_mj is not None else None
+    lines = _split_gpu_window(window, gpu, ms["free"], energy["free"] if energy else None, None, memo, holders=False)
+    for part in parts:
+        key = f"mig{part.mig[0]}"  # type: ignore[index]
+        lines.extend(_split_gpu_window(window, part, ms[key], energy[key] if energy else None, None, memo))
+    return lines
+
+
+def _split_gpu_window(
+    window: wire.TelemetryWindow,
+    gpu: wire.GpuWindow,
+    window_ms: int,
+    energy_mj: int | None,
+    util_centi: int | None,
+    memo: _MessageMemo,
+    *,
+    holders: bool = True,
+) -> list[str]:
+    """`window_ms` of the GPU (or MIG instance) split among tenants: exact ms and mJ, a line each."""
+    if window_ms == 0:
+        return []
+    used_by = [(h.workload, None if h.sm_util_centi is None else h.sm_util_centi / 100, h.mem_bytes) for h in gpu.holders]
     util = None if util_centi is None else util_centi / 100
-    shares = attribute(window.t1_ms - window.t0_ms, energy_mj, util, holders, gpu.owners)
+    shares = attribute(window_ms, energy_mj, util, used_by if holders else [], gpu.owners)
     tenant_of_key = {s.workload_key: memo.tenant(s.workload_key, gpu.uuid) for s in shares if s.workload_key != UNALLOCATED}
     lines = []
     for share in by_tenant(shares, tenant_of_key.__getitem__):

@@ -69,6 +69,7 @@ class Collector:
         self.pipeline = Pipeline(tenant_rules)
         self.buffer = WriteBuffer(options.max_buffer_lines)
         self.points_written = 0
+        self.flush_rounds = 0  # progress of the flush loop: what the systemd watchdog is fed from
         self.lines_refused = 0  # lines InfluxDB refused for good (400): counted, never retried
         self.write_retries = 0
         self._broker = broker
@@ -79,25 +80,29 @@ class Collector:
         self._rejections = RateLimitedLog()
         self.subscribed = asyncio.Event()
         self._link: MqttLink | None = None
+        self._draining = False
         # (buffer position of its last line, message, (cluster, node, seq) if a window)
         self._unacked: deque[tuple[int, Received, tuple[str, str, int] | None]] = deque()
         self._stored: dict[tuple[str, str], list[int]] = {}  # windows stored since the last confirmation
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until `stop`; then stop receiving and write out what is buffered (bounded by drain_timeout_s)."""
+        """Until `stop`; then take no more messages, write out what is buffered (bounded by
+        drain_timeout_s) while the connection stays open for its acknowledgements, then leave.
+        Messages that arrive meanwhile are not acknowledged: the agents send them again."""
         receive = asyncio.create_task(self._receive(stop), name="collector.receive")
         report = asyncio.create_task(self._report(stop), name="collector.report")
         flush = asyncio.create_task(self._flush(stop), name="collector.flush")
         await stop.wait()
-        receive.cancel()
+        self._draining = True
         report.cancel()
-        await asyncio.gather(receive, report, return_exceptions=True)
         self.buffer.extend([self._stats_line()])
         self._wake_flush.set()
         try:
             await asyncio.wait_for(flush, self._options.drain_timeout_s)
         except TimeoutError:
             log.error("gave up writing %d buffered lines after %.0f s", len(self.buffer), self._options.drain_timeout_s)
+        receive.cancel()
+        await asyncio.gather(receive, report, return_exceptions=True)
 
     # ---------------------------------------------------------------------------------- receive
 
@@ -133,6 +138,8 @@ class Collector:
                 self._unacked.clear()
 
     def _accept(self, message: Received) -> None:
+        if self._draining:
+            return  # stopping: unacknowledged, so it is sent again to a collector that stays
         now = time.time()
         lines, rejection = self.pipeline.handle(message.topic, message.payload, int(now * 1000))
         if rejection is not None:
@@ -160,7 +167,8 @@ class Collector:
             return  # the agents will send those windows again; InfluxDB keeps one copy
         for (cluster, node), seqs in stored.items():
             try:
-                await self._link.publish(wire.stored_topic(cluster, node), wire.encode_stored(seqs))
+                # QoS 0: nothing to wait for; a lost confirmation only costs the agent a resend.
+                await self._link.publish(wire.stored_topic(cluster, node), wire.encode_stored(seqs), qos=0)
             except MqttError:
                 return
 
@@ -174,6 +182,7 @@ class Collector:
             except TimeoutError:
                 pass
             self._wake_flush.clear()
+            self.flush_rounds += 1
             while len(self.buffer):
                 if not await self._write_one_batch(backoff):
                     break

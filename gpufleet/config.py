@@ -101,6 +101,8 @@ class AgentConfig(_MqttSettings, _Cadence):
     proc_root: Path = Path("/proc")
     job_mapping_dir: Path | None = None  # dcgm-exporter's --hpc-job-mapping-dir layout
     static_job_map: dict[str, str] = {}  # GPU index or UUID -> workload key, e.g. "0" = "slurm:1234"
+    kubelet_socket: Path | None = None  # /var/lib/kubelet/pod-resources/kubelet.sock on Kubernetes nodes
+    kubelet_pod_logs_dir: Path = Path("/var/log/pods")  # <namespace>_<pod>_<uid>: pod UIDs for the join
     state_dir: Path = Path("/var/lib/gpufleet")  # spool of unacknowledged messages, next sequence number
     spool_max_messages: int = Field(100_000, ge=10)  # ~11 days of 10 s windows; oldest dropped past it
     drain_timeout: float = Field(5.0, ge=0)  # on stop, seconds to go on delivering the spool

@@ -6,18 +6,52 @@ is what lets `gpufleet simulate` exit 0 only when every window it published was 
 
 from __future__ import annotations
 
+import contextvars
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 QOS_AT_LEAST_ONCE = 1
 MqttError = aiomqtt.MqttError  # re-exported so that callers need not import aiomqtt
+
+
+class PublishRefused(aiomqtt.MqttError):
+    """The broker answered PUBACK with a failure reason (MQTT v5 3.4.2.1), e.g. 0x87 Not authorized:
+    the message was not taken. A configuration error (certificate, ACL), not a network one."""
+
+
+# The packet id of the publish this task is doing: set by paho's publish, which aiomqtt calls
+# synchronously inside `publish` before its first await, in the caller's context.
+_publishing_mid: contextvars.ContextVar[int] = contextvars.ContextVar("gpufleet_publishing_mid", default=-1)
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt 2.x treats every PUBACK as success; this one remembers the refused ones."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused: dict[int, ReasonCode] = {}
+        paho_publish = self._client.publish
+
+        def publish(*p_args: Any, **p_kwargs: Any) -> Any:
+            info = paho_publish(*p_args, **p_kwargs)
+            _publishing_mid.set(info.mid)
+            return info
+
+        self._client.publish = publish  # type: ignore[method-assign]
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any) -> None:
+        if reason_code.is_failure:
+            self.refused[mid] = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +128,7 @@ class MqttLink:
         # How many unacknowledged QoS 1 messages the broker may send us at once (MQTT v5 3.1.2.11.3):
         # with acknowledgements held until data is durable, this is the collector's pipeline depth.
         properties.ReceiveMaximum = 65535
-        self._client = aiomqtt.Client(
+        self._client = _Client(
             broker.host,
             broker.port,
             identifier=client_id,
@@ -119,9 +153,12 @@ class MqttLink:
     ) -> None:
         await self._client.__aexit__(exc_type, exc, tb)
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish at QoS 1 and wait for the broker's PUBACK."""
-        await self._client.publish(topic, payload, qos=QOS_AT_LEAST_ONCE, retain=retain, timeout=self._ack_timeout_s)
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = QOS_AT_LEAST_ONCE) -> None:
+        """Publish, by default at QoS 1, waiting for the broker's PUBACK; PublishRefused if it says no."""
+        await self._client.publish(topic, payload, qos=qos, retain=retain, timeout=self._ack_timeout_s)
+        refused = self._client.refused.pop(_publishing_mid.get(), None)
+        if refused is not None:
+            raise PublishRefused(f"broker refused the message on {topic}: {refused}")
 
     async def subscribe(self, topic_filter: str) -> None:
         await self._client.subscribe(topic_filter, qos=QOS_AT_LEAST_ONCE)

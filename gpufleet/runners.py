@@ -14,10 +14,31 @@ from pathlib import Path
 from typing import TypeVar
 
 from gpufleet import config as cfg
+from gpufleet import sdnotify
 from gpufleet.mqtt import MqttError, MqttLink
 
 log = logging.getLogger("gpufleet")
 T = TypeVar("T")
+
+
+async def _feed_watchdog(progress: Callable[[], int], stop: asyncio.Event, step_s: float) -> None:
+    """WATCHDOG=1 to systemd while `progress()` moves (at least once per `step_s` x 2): a loop
+    that hangs, or an event loop that blocks, stops the feeding and systemd restarts the service
+    (WatchdogSec in the unit)."""
+    interval = sdnotify.watchdog_interval_s()
+    if interval is None:
+        return
+    loop = asyncio.get_running_loop()
+    seen, moved_at = -1, loop.time()
+    while not stop.is_set():
+        if progress() != seen:
+            seen, moved_at = progress(), loop.time()
+        if loop.time() - moved_at <= 2 * step_s + interval:
+            sdnotify.notify("WATCHDOG=1")
+        try:
+            await asyncio.wait_for(stop.wait(), interval)
+        except TimeoutError:
+            pass
 
 
 def _run_until_signalled(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
@@ -132,11 +153,29 @@ def _workload_resolver(settings: cfg.AgentConfig, source):  # -> WorkloadResolve
         return WorkloadResolver(source.identity_of, source.allocations)
     gpus = [(index, uuid) for index, uuid, _ in source.gpus]
     jobmap.static_job_mapping(settings.static_job_map, gpus)  # a bad workload key stops us at start
+    pods = _pod_resources(settings)
 
-    def allocations():
-        return jobmap.read_job_mapping(settings.job_mapping_dir, gpus, static=settings.static_job_map)
+    def identify(pid: int) -> dict:
+        found = identity.resolve(pid, settings.proc_root)
+        return pods.enrich(found) if pods is not None and found.get("kind") == "k8s_pod" else found
 
-    return WorkloadResolver(lambda pid: identity.resolve(pid, settings.proc_root), allocations)
+    def allocations() -> dict:
+        mapping = jobmap.read_job_mapping(settings.job_mapping_dir, gpus, static=settings.static_job_map)
+        for index, owners in (pods.gpu_allocations(gpus) if pods is not None else {}).items():
+            mapping.setdefault(index, []).extend(owners)
+        return mapping
+
+    return WorkloadResolver(identify, allocations)
+
+
+def _pod_resources(settings: cfg.AgentConfig):  # -> PodResources | None
+    """The kubelet's pod-resources socket, on Kubernetes nodes: pod names and namespaces, and
+    the GPUs each container was given (also when nothing runs on them)."""
+    if settings.kubelet_socket is None:
+        return None
+    from gpufleet.agent.podresources import PodResources  # noqa: PLC0415  # grpc only where needed
+
+    return PodResources(str(settings.kubelet_socket), pod_logs_dir=str(settings.kubelet_pod_logs_dir))
 
 
 def _gpu_source(settings: cfg.AgentConfig):  # -> GpuSource | None
@@ -157,11 +196,15 @@ async def _agent_forever(agent, settings: cfg.AgentConfig, stop: asyncio.Event) 
     from gpufleet.agent.fleet import node_link  # noqa: PLC0415
 
     log.info("agent %s/%s publishing to %s every %g s", agent.cluster, agent.node, settings.broker, settings.interval)
+    sdnotify.notify("READY=1")  # sampling starts now; the broker may come later (the spool waits)
+    watchdog = asyncio.create_task(_feed_watchdog(lambda: agent.stats.samples, stop, settings.effective_sample_interval), name="agent.watchdog")
     delivered = await agent.run(
         lambda: node_link(settings.broker_address, agent.cluster, agent.node, settings.tls, "gpufleet-agent"),
         stop=stop,
         drain_timeout_s=settings.drain_timeout,
     )
+    sdnotify.notify("STOPPING=1")
+    await watchdog
     if not delivered:
         log.warning("stopped with %d messages spooled; they are sent on the next start", len(agent.spool))
 
@@ -195,8 +238,15 @@ def run_collector(settings: cfg.CollectorConfig) -> int:
         return 2
     collector = Collector(settings.broker_address, writer, options, tls=settings.tls, tenant_rules=rules)
     log.info("collector %s: %s -> %s bucket %s", settings.client_id, settings.broker, settings.influx_url, settings.bucket)
+    async def run(stop: asyncio.Event) -> None:
+        sdnotify.notify("READY=1")  # configured; the log says what it waits for (broker, InfluxDB)
+        watchdog = asyncio.create_task(_feed_watchdog(lambda: collector.flush_rounds, stop, settings.flush_interval), name="collector.watchdog")
+        await collector.run(stop)
+        sdnotify.notify("STOPPING=1")
+        await watchdog
+
     try:
-        _run_until_signalled(collector.run)
+        _run_until_signalled(run)
     finally:
         writer.close()
     log.info(

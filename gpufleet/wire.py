@@ -15,7 +15,9 @@ its numbers. A field the GPU does not support is nil (absent), never zero.
 
     {"v": 1, "cluster": "c1", "node": "n1", "seq": 42, "t0": <ms>, "t1": <ms>,
      "fields": ["power_w", "energy_j", ...],
-     "gpus": [[index, uuid, model, [values...], [[workload, sm_util_centi, mem_bytes], ...], [owner, ...]], ...],
+     "gpus": [[index, uuid, model, [values...], [[workload, sm_util_centi, mem_bytes], ...], [owner, ...],
+               [mig_instance_id, slices, gpu_slices]  # only for a MIG instance, whose index is its GPU's
+              ], ...],
      "workloads": {"slurm:123": {"kind": "slurm_job", "job": "123", ...}, ...}}
 
 A GPU's holders are the workloads whose processes ran on it in the window; its owners are the
@@ -46,6 +48,7 @@ MAX_DETAIL_CHARS = 512
 MAX_FUTURE_MS = 5 * 60 * 1000  # clocks drift; a window from further ahead is a bug or a lie
 MAX_PAST_MS = 7 * 24 * 3600 * 1000  # spooled windows older than a week are refused
 MAX_ABS_INT = (1 << 63) - 1  # InfluxDB integers are signed 64-bit
+MAX_HOLDER_MEMORY = 1 << 48  # 256 TiB per process: 256 holders still sum inside 64 bits
 
 EVENT_KINDS = frozenset({"xid", "ecc_dbe", "remap_failure", "gpu_lost"})
 NODE_STATES = frozenset({"online", "offline"})
@@ -157,6 +160,12 @@ class GpuWindow:
     values: tuple[int | None, ...]  # aligned with TelemetryWindow.fields; None = absent
     holders: tuple[Holder, ...] = ()
     owners: tuple[str, ...] = ()  # workloads the scheduler allocated this GPU to
+    mig: tuple[int, int, int] | None = None  # a MIG instance: (instance id, its compute slices, the GPU's)
+
+    @property
+    def tag(self) -> str:
+        """The `gpu` tag: "3" for GPU 3, "3-mig1" for MIG instance 1 on it."""
+        return str(self.index) if self.mig is None else f"{self.index}-mig{self.mig[0]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +216,7 @@ def encode_telemetry(window: TelemetryWindow) -> bytes:
             list(g.values),
             [[h.workload, h.sm_util_centi, h.mem_bytes] for h in g.holders],
             list(g.owners),
+            *([list(g.mig)] if g.mig is not None else []),
         ]
         for g in window.gpus
     ]
@@ -340,14 +350,20 @@ def _decode_holder(raw: Any, workloads: dict[str, Any]) -> Holder:
     if not isinstance(raw, list) or len(raw) != 3:
         raise Rejected("schema", "a holder must be [workload, sm_util_centi, mem_bytes]")
     workload, sm_util, mem = raw
-    if workload not in workloads:
+    if not isinstance(workload, str) or workload not in workloads:
         raise Rejected("schema", f"holder names workload {str(workload)[:80]!r} missing from 'workloads'")
-    return Holder(workload, _check_int(sm_util), _check_int(mem))
+    sm_util, mem = _check_int(sm_util), _check_int(mem)
+    # Bounded so that sums over a GPU's holders stay far inside 64 bits.
+    if sm_util is not None and not 0 <= sm_util <= 10_000:
+        raise Rejected("bad_value", f"holder SM utilisation {sm_util} is not 0..10000 (0.01 %)")
+    if mem is not None and not 0 <= mem <= MAX_HOLDER_MEMORY:
+        raise Rejected("bad_value", f"holder memory {mem} is not 0..{MAX_HOLDER_MEMORY} bytes")
+    return Holder(workload, sm_util, mem)
 
 
 def _decode_gpu(raw: Any, field_count: int, workloads: dict[str, Any]) -> GpuWindow:
-    if not isinstance(raw, list) or len(raw) not in (4, 5, 6):
-        raise Rejected("schema", "a GPU must be [index, uuid, model, values, holders, owners]")
+    if not isinstance(raw, list) or len(raw) not in (4, 5, 6, 7):
+        raise Rejected("schema", "a GPU must be [index, uuid, model, values, holders, owners, mig]")
     index, uuid, model, values = raw[:4]
     if type(index) is not int or not 0 <= index < MAX_GPUS:
         raise Rejected("schema", f"GPU index {str(index)[:20]!r} is not 0..{MAX_GPUS - 1}")
@@ -361,7 +377,7 @@ def _decode_gpu(raw: Any, field_count: int, workloads: dict[str, Any]) -> GpuWin
         if not isinstance(items, list) or len(items) > MAX_HOLDERS:
             raise Rejected("limits", f"GPU {index} {name} must be a list of at most {MAX_HOLDERS}")
     for owner in owners_raw:
-        if owner not in workloads:
+        if not isinstance(owner, str) or owner not in workloads:
             raise Rejected("schema", f"owner {str(owner)[:80]!r} missing from 'workloads'")
     return GpuWindow(
         index=index,
@@ -370,7 +386,19 @@ def _decode_gpu(raw: Any, field_count: int, workloads: dict[str, Any]) -> GpuWin
         values=_check_values(values),
         holders=tuple(_decode_holder(h, workloads) for h in holders_raw),
         owners=tuple(owners_raw),
+        mig=_decode_mig(raw[6]) if len(raw) > 6 else None,
     )
+
+
+def _decode_mig(raw: Any) -> tuple[int, int, int]:
+    if (
+        not isinstance(raw, list)
+        or len(raw) != 3
+        or not all(type(v) is int for v in raw)
+        or not (0 <= raw[0] < 64 and 1 <= raw[1] <= raw[2] <= 8)
+    ):
+        raise Rejected("schema", "mig must be [instance id 0..63, slices, GPU slices <= 8]")
+    return raw[0], raw[1], raw[2]
 
 
 def _len(value: Any) -> str:
@@ -449,7 +477,7 @@ def decode_event(payload: bytes, topic: Topic, now_ms: int) -> GpuEventMessage:
     uuid = message.get("uuid")
     _check_name("uuid", uuid, _UUID)
     kind = message.get("kind")
-    if kind not in EVENT_KINDS:
+    if not isinstance(kind, str) or kind not in EVENT_KINDS:
         raise Rejected("schema", f"event kind {str(kind)[:40]!r} is not one of {sorted(EVENT_KINDS)}")
     code = _check_int(_get(message, "code", int))
     detail = message.get("detail", "")
@@ -461,10 +489,10 @@ def decode_event(payload: bytes, topic: Topic, now_ms: int) -> GpuEventMessage:
 def decode_state(payload: bytes, topic: Topic, now_ms: int) -> NodeState:
     message = _unpack(payload, topic)
     state = message.get("state")
-    if state not in NODE_STATES:
+    if not isinstance(state, str) or state not in NODE_STATES:
         raise Rejected("schema", f"state {str(state)[:40]!r} is not online or offline")
     time_ms = message.get("t")
     # A retained state may be months old and still true, so only the future is refused here.
-    if time_ms is not None and _get(message, "t", int) > now_ms + MAX_FUTURE_MS:
-        raise Rejected("timestamp", f"t={time_ms} is in the future (now={now_ms})")
+    if time_ms is not None and not 0 <= _get(message, "t", int) <= now_ms + MAX_FUTURE_MS:
+        raise Rejected("timestamp", f"t={time_ms} is before 1970 or in the future (now={now_ms})")
     return NodeState(topic.cluster, topic.node, state, time_ms)

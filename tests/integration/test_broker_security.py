@@ -11,6 +11,7 @@ is used wherever it can show the point; paho directly where the MQTT v5 reason c
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import re
 import secrets
@@ -31,6 +32,7 @@ from gpufleet.agent.node import Cadence
 from gpufleet.collector.pipeline import Pipeline
 from gpufleet.mqtt import BrokerAddress, MqttError, MqttLink, Received, TlsFiles
 
+from .conftest import CollectorProcess, collector_args
 from .pki import CertFiles, TestCA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -426,6 +428,34 @@ def test_the_agent_publishes_through_tls_and_the_acl(secure: SecureBroker, group
     assert pipeline.counters.accepted == len(received)
 
 
+def test_agent_and_collector_commands_complete_the_stored_handshake_through_the_acl(
+    secure: SecureBroker, influxdb: localstack.InfluxDB, bucket: str, tmp_path: Path, group: str
+) -> None:
+    """`gpufleet collector` with its certificate (GPUFLEET_TLS_*) writes the node's windows to
+    InfluxDB and confirms them on the node's ack topic; the agent, waiting for those
+    confirmations, ends with every window stored."""
+    ca, files = secure.ca.cert_path, secure.certs["collector-a"]
+    env = {
+        **os.environ, "GPUFLEET_INFLUX_TOKEN": "test-token",
+        "GPUFLEET_TLS_CA": str(ca), "GPUFLEET_TLS_CERT": str(files.cert), "GPUFLEET_TLS_KEY": str(files.key),
+    }
+    args = collector_args(secure.broker.url, influxdb.url, bucket, group, "collector-a")
+    collector = CollectorProcess(args, tmp_path / "collector.log", env)
+    try:
+        collector.wait_for_log("subscribed to")
+        plan = FleetPlan(
+            "c1", 1, 2, Cadence(sample_ms=100, publish_ms=200), windows=3, tenants=(), xid_rate_per_gpu_hour=0,
+            until_stored=True, resend_after_s=2.0,
+        )
+        result = asyncio.run(run_fleet(plan, secure.address, tls=secure.tls("c1/node00000")))
+        assert result.complete, (result.failures, collector.log()[-3000:])
+        assert result.stats["node00000"].windows_stored == plan.windows
+        rows = influxdb.rows("SELECT count(seq) FROM gpu WHERE cluster = 'c1'", bucket)
+        assert rows and rows[0]["count"] == plan.windows * plan.gpus_per_node
+    finally:
+        collector.kill()
+
+
 def test_a_restart_keeps_acknowledged_messages_for_the_collector(tmp_path: Path, group: str) -> None:
     """Persistence as shipped: a window acknowledged while the collector was away is still
     queued for it after the broker restarted (SIGTERM, as `systemctl restart`)."""
@@ -457,15 +487,16 @@ def test_a_restart_keeps_acknowledged_messages_for_the_collector(tmp_path: Path,
 # ------------------------------------------------------------------ known gaps, pinned down
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiomqtt 2.x ignores the PUBACK reason code, so MqttLink.publish returns normally on 0x87 "
-    "and the agent counts a refused window as delivered (and drops it from its spool)",
-)
 def test_an_agent_with_the_wrong_certificate_does_not_report_success(secure: SecureBroker) -> None:
-    plan = FleetPlan("c1", 1, 1, Cadence(sample_ms=100, publish_ms=200), windows=2, tenants=(), xid_rate_per_gpu_hour=0)
+    """The broker says 0x87 (not authorized): MqttLink raises PublishRefused, the agent keeps the
+    window in its spool and says why, and `simulate` does not claim the window was delivered."""
+    plan = FleetPlan(
+        "c1", 1, 1, Cadence(sample_ms=100, publish_ms=200), windows=2, tenants=(), xid_rate_per_gpu_hour=0,
+        drain_timeout_s=3,
+    )
     result = asyncio.run(run_fleet(plan, secure.address, tls=secure.tls("c1/n2")))  # plan's node is node00000
     assert not result.complete
+    assert result.windows_acknowledged == 0
 
 
 @pytest.mark.xfail(

@@ -351,7 +351,7 @@ class _FakeInflux:
 
 
 def test_preview_draws_every_dashboard_from_its_queries(tmp_path, boards):
-    pytest.importorskip("matplotlib", reason="the preview needs the `docs` extra (matplotlib)")
+    # `make deps` installs the `docs` extra (matplotlib) with the test extras.
     from gpufleet.dashboards import preview  # noqa: PLC0415
 
     for uid, board in boards.items():

@@ -410,3 +410,14 @@ def test_identity_from_bad_key_raises(key: str) -> None:
 def test_unknown_kind_has_no_key() -> None:
     with pytest.raises(ValueError):
         workload_key({"pid": 1, "kind": "vm"})
+
+
+def test_pods_known_only_by_name_get_a_key_of_their_own():
+    """pod-resources owners have namespace and pod name but no UID: they must not all be `k8s:None`."""
+    from gpufleet.agent.identity import identity_from_key, workload_key
+
+    owner = {"pid": None, "kind": "k8s_pod", "pod_uid": None, "container": None, "namespace": "vision", "pod": "train-0"}
+    assert workload_key(owner) == "k8s-pod:vision/train-0"
+    assert identity_from_key("k8s-pod:vision/train-0")["namespace"] == "vision"
+    long_key = workload_key({**owner, "namespace": "n" * 63, "pod": "p" * 200})
+    assert len(long_key) <= 128 and long_key != workload_key({**owner, "namespace": "n" * 63, "pod": "p" * 199})

@@ -1,5 +1,7 @@
 """The collector core: messages in, lines out, every drop counted by reason."""
 
+import re
+
 from gpufleet.collector.buffer import WriteBuffer
 from gpufleet.collector.pipeline import Pipeline
 from gpufleet.collector.tenants import TenantRules
@@ -108,3 +110,52 @@ def test_negative_energy_rejects_the_message():
     )
     lines, rejection = Pipeline().handle("gpufleet/v1/c1/n1/telemetry", wire.encode_telemetry(window), NOW)
     assert lines == [] and rejection.reason == "bad_value"
+
+
+def mig_window() -> bytes:
+    """GPU 0 in MIG mode (7 slices): a 3g instance running a lab-a job, a 2g instance idle, 2
+    slices free; 10 s, 7001 J (odd on purpose)."""
+    workloads = {"slurm:42": {"kind": "slurm_job", "job": "42", "account": "acct-a"}}
+    gpus = (
+        wire.GpuWindow(0, "GPU-0", "A100", (7_001_000, None)),
+        wire.GpuWindow(0, "MIG-a", "A100 MIG 3g.40gb", (None, None), (wire.Holder("slurm:42", None, 5),), (), (1, 3, 7)),
+        wire.GpuWindow(0, "MIG-b", "A100 MIG 2g.20gb", (None, None), (), (), (2, 2, 7)),
+    )
+    return wire.encode_telemetry(
+        wire.TelemetryWindow("c1", "n1", 1, NOW - 10_000, NOW, ("energy_j", "util_gpu_pct"), gpus, workloads)
+    )
+
+
+def test_a_mig_gpu_is_split_by_slices_then_by_holders_and_still_balances():
+    lines, rejection = Pipeline(lambda: RULES).handle("gpufleet/v1/c1/n1/telemetry", mig_window(), NOW)
+    assert rejection is None
+    held = {}
+    for line in lines:
+        if line.startswith("tenant_usage"):
+            tags, fields = re.split(r"(?<!\\) ", line)[:2]
+            values = dict(pair.split("=", 1) for pair in fields.split(",") if "=" in pair and not pair.startswith(("uuid", "workloads")))
+            held[tags] = (float(values["gpu_s"]), float(values["energy_j"]))
+    assert held == {
+        # 7001 J by 3:2:2 slices: quotas 3000.42857, 2000.28571 (x2); the two largest remainders
+        # (.714 each) get the last millijoules. 10 s the same way: 4.28571 gets the last ms.
+        "tenant_usage,cluster=c1,gpu=0,model=A100,node=n1,tenant=unallocated": (2.857, 2000.286),
+        r"tenant_usage,cluster=c1,gpu=0-mig1,model=A100\ MIG\ 3g.40gb,node=n1,tenant=lab-a": (4.286, 3000.428),
+        r"tenant_usage,cluster=c1,gpu=0-mig2,model=A100\ MIG\ 2g.20gb,node=n1,tenant=unallocated": (2.857, 2000.286),
+    }
+    assert round(sum(s for s, _ in held.values()) * 1000) == 10_000
+    assert round(sum(e for _, e in held.values()) * 1000) == 7_001_000
+    gpu_tags = sorted(line.split(",")[2] for line in lines if line.startswith("gpu,"))
+    assert gpu_tags == ["gpu=0", "gpu=0-mig1", "gpu=0-mig2"]
+
+
+def test_mig_instances_that_do_not_fit_their_gpu_are_refused():
+    window = wire.TelemetryWindow(
+        "c1", "n1", 1, NOW - 1000, NOW, ("energy_j",),
+        (
+            wire.GpuWindow(0, "GPU-0", "A100", (1,)),
+            wire.GpuWindow(0, "MIG-a", "A100 MIG 4g", (None,), (), (), (1, 4, 7)),
+            wire.GpuWindow(0, "MIG-b", "A100 MIG 4g", (None,), (), (), (2, 4, 7)),
+        ),
+    )
+    lines, rejection = Pipeline().handle("gpufleet/v1/c1/n1/telemetry", wire.encode_telemetry(window), NOW)
+    assert lines == [] and rejection.reason == "schema"
