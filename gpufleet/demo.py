@@ -36,6 +36,7 @@ def run_demo(workdir: Path, nodes: int, gpus_per_node: int, interval_s: float, d
         published, points, elapsed = asyncio.run(_pipeline(plan, broker.url, influx.url, tenants_file))
         print(f"published {published} GPU-windows; collector wrote {points} points in {elapsed:.1f} s\n")
         _summary(influx)
+        _reports(influx, workdir / "reports")
         _how_to_look(influx)
         if serve:
             print("\nserving until Ctrl-C ...")
@@ -81,12 +82,31 @@ def _summary(influx: localstack.InfluxDB) -> None:
     print(f"node_state:   {sum(r['state'] == 'offline' for r in states)} of {len(states)} nodes offline (the fleet has stopped)")
 
 
+def _reports(influx: localstack.InfluxDB, out: Path) -> None:
+    """Every tenant's HTML report and the fleet chargeback for the day, read back from InfluxDB."""
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+
+    from gpufleet.reports.main import run_report  # noqa: PLC0415
+    from gpufleet.reports.settings import load_report_config  # noqa: PLC0415
+
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    config = load_report_config(None, {"influx": {"url": influx.direct_url, "database": DATABASE}})
+    run = run_report(
+        config, start=today.isoformat(), end=(today + timedelta(days=1)).isoformat(), fmt="html", out=out,
+        all_tenants=True, use_rollup=False,
+    )
+    print(f"\nreports:      {len(run.files) - 1} tenant reports (HTML) and chargeback.csv in {out}")
+    print(f"              chargeback reconciles with the fleet totals: {'yes' if run.reconciled else 'NO'}")
+
+
 def _how_to_look(influx: localstack.InfluxDB) -> None:
     print(
         "\nLook at it (while it runs, with --serve):\n"
         f"  curl -G '{influx.direct_url}/query' --data-urlencode db={DATABASE} \\\n"
         "       --data-urlencode \"q=SELECT sum(gpu_s)/3600 FROM tenant_usage GROUP BY tenant\"\n"
         "  gpufleet dashboards build --out out/dashboards   # Grafana JSON + provisioning for this schema\n"
+        f"  gpufleet report --tenant lab-a --from 2026-01-01 --to 2027-01-01 --influx-url {influx.direct_url} \\\n"
+        f"       --database {DATABASE} --format pdf --out out/lab-a.pdf\n"
         f"  InfluxDB data files: {influx.dir}"
     )
 
