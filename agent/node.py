@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass, field
 
 from gpufleet import wire
@@ -58,6 +59,8 @@ class AgentStats:
     events_published: int = 0
     connects: int = 0
     samples: int = 0  # progress of the sampling loop: what the systemd watchdog is fed from
+    # window end -> stored confirmation received, ms, for the latest windows (bench/latency.py)
+    stored_latency_ms: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))
     published: list[wire.TelemetryWindow] = field(default_factory=list)  # kept only when recording
 
 
@@ -98,6 +101,7 @@ class NodeAgent:
         self._clock = clock
         self._aggregator = WindowAggregator(cadence.sample_ms)
         self._gpu_counts: dict[int, int] = {}  # spool id -> GPUs in that window, for the stats
+        self._window_ends: dict[int, int] = {}  # seq -> t1_ms of windows not yet confirmed
         self._spooled = asyncio.Event()
         self.stats = AgentStats()
 
@@ -178,6 +182,9 @@ class NodeAgent:
             self.stats.published.append(window)
         payload = wire.encode_telemetry(window)
         item_id = self.spool.append(wire.telemetry_topic(self.cluster, self.node), payload, seq=window.seq)
+        self._window_ends[window.seq] = t1_ms
+        if len(self._window_ends) > len(self.spool):  # windows the spool's bound pushed out
+            self._window_ends = {s: t for s, t in self._window_ends.items() if s >= window.seq - len(self.spool)}
         self._gpu_counts[item_id] = len(gpus)
         self._spooled.set()
 
@@ -226,6 +233,10 @@ class NodeAgent:
             except wire.Rejected as rejection:
                 log.warning("%s: ignored a bad stored acknowledgement: %s", self.node, rejection)
                 continue
+            now_ms = self._now_ms()
+            for seq in seqs:
+                if (end_ms := self._window_ends.pop(seq, None)) is not None:
+                    self.stats.stored_latency_ms.append(now_ms - end_ms)
             for item_id in self.spool.remove_seqs(seqs):
                 self._forget(item_id)
                 self.stats.windows_stored += 1

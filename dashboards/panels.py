@@ -793,6 +793,18 @@ def health() -> g.Dashboard:
             show_time=True,
         ),
     )
+    grid.row("Delivery", w=24, h=6)
+    grid.add(
+        table(
+            "Missing windows per node (sequence gaps)",
+            'SELECT spread("seq") + 1 - count(distinct("seq")) AS "missing windows", count(distinct("seq")) AS "windows" '
+            f'FROM "gpu" WHERE {where(cn, "$timeFilter")} GROUP BY "cluster", "node"',
+            "Each node numbers its windows; a number that never arrived is a lost window (the agent resends until a "
+            "collector confirms it stored, so a gap that stays means data loss). A node whose numbering restarted "
+            "(its state directory was lost) shows a negative or large count.",
+            sort_by="missing windows",
+        ),
+    )
     return _dashboard(
         "gpufleet / Health",
         HEALTH_UID,

@@ -117,3 +117,13 @@ def wire_now() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+def test_no_node_has_a_sequence_gap(fleet_db: FleetDb):
+    """The Health dashboard's gap query (spread + 1 - distinct count per node) says 0 for every node."""
+    rows = fleet_db.influxdb.rows(
+        'SELECT spread("seq") + 1 - count(distinct("seq")) AS missing, count(distinct("seq")) AS windows '
+        f"FROM gpu WHERE cluster = '{fleet_db.cluster}' GROUP BY node",
+        fleet_db.bucket,
+    )
+    assert len(rows) == 4 and all(row["missing"] == 0 and row["windows"] == 30 for row in rows), rows
