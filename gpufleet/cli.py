@@ -235,6 +235,36 @@ def rollup(
     typer.echo(f"rolled up {summary.hours} hours: {summary.tenant_rows} tenant rows, {summary.meter_rows} fleet rows")
 
 
+tenants_app = typer.Typer(no_args_is_help=True, help="Tenant rules.")
+app.add_typer(tenants_app, name="tenants")
+
+
+@tenants_app.command("audit")
+def tenants_audit(
+    start: Annotated[str, typer.Option("--from", help="Start, ISO 8601 (UTC without a zone)")],
+    end: Annotated[str, typer.Option("--to", help="End (exclusive), ISO 8601")],
+    tenants_file: Annotated[Path, typer.Option(help="The rules to check the stored bills against")],
+    config: ReportConfigFile = None,
+    influx_url: InfluxQueryUrl = None,
+    database: Database = None,
+) -> None:
+    """Re-run tenant rules over the stored workload identities: what would be billed to whom else."""
+    from gpufleet.collector.tenants import RulesError, TenantRules  # noqa: PLC0415
+    from gpufleet.reports.audit import audit  # noqa: PLC0415
+    from gpufleet.reports.main import ReportError, connect, parse_time  # noqa: PLC0415
+    from gpufleet.reports.query import InfluxError  # noqa: PLC0415
+
+    settings = _report_config(config, influx_url, database)
+    try:
+        rules = TenantRules.from_toml(tenants_file.read_text(encoding="utf-8"))
+        points, moves = audit(connect(settings), rules, parse_time(start), parse_time(end))
+    except (OSError, RulesError, ReportError, InfluxError) as exc:
+        raise _fail(str(exc), 2) from None
+    typer.echo(f"{points} tenant_usage points checked against {tenants_file}: {len(moves)} workloads would move")
+    for move in moves:
+        typer.echo(f"  {move.workload:<40} {move.billed_to:>14} -> {move.rules_say:<14} {move.gpu_hours:10.4f} GPU-hours")
+
+
 dashboards_app = typer.Typer(no_args_is_help=True, help="Grafana dashboards, provisioning and alert rules.")
 app.add_typer(dashboards_app, name="dashboards")
 

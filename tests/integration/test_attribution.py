@@ -127,3 +127,32 @@ def test_no_node_has_a_sequence_gap(fleet_db: FleetDb):
         fleet_db.bucket,
     )
     assert len(rows) == 4 and all(row["missing"] == 0 and row["windows"] == 30 for row in rows), rows
+
+
+def test_the_billing_can_be_audited_and_rerun_with_other_rules(fleet_db: FleetDb, tmp_path):
+    """`gpufleet tenants audit`: with the rules that billed, nothing moves; rename lab-a's rules and
+    exactly lab-a's GPU-hours move, workload by workload, to the new name."""
+    import subprocess
+    import sys
+
+    from .conftest import TENANTS_FILE
+
+    renamed = tmp_path / "tenants.toml"
+    renamed.write_text(TENANTS_FILE.read_text().replace('tenant = "lab-a"', 'tenant = "lab-z"'))
+    common = ["--from", "2000-01-01", "--to", "2100-01-01", "--influx-url", fleet_db.influxdb.direct_url,
+              "--database", fleet_db.bucket]
+
+    def run(rules) -> str:
+        done = subprocess.run([sys.executable, "-m", "gpufleet.cli", "tenants", "audit", *common, "--tenants-file", str(rules)],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert ": 0 workloads would move" in run(TENANTS_FILE)
+    out = run(renamed)
+    moved = [line.split() for line in out.splitlines()[1:]]
+    assert moved and all(m[1] == "lab-a" and m[3] == "lab-z" for m in moved)
+    [lab_a] = fleet_db.influxdb.rows(
+        f"SELECT sum(gpu_s) AS s FROM tenant_usage WHERE tenant = 'lab-a' AND cluster = '{fleet_db.cluster}'", fleet_db.bucket
+    )
+    assert abs(sum(float(m[4]) for m in moved) - lab_a["s"] / 3600) < 1e-3
