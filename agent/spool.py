@@ -14,6 +14,7 @@ temporary name, fsync, rename); MemorySpool is for the simulator and tests.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -92,32 +93,21 @@ class _Index:
         return len(self._seqs)
 
 
-class MemorySpool:
-    def __init__(self, max_messages: int = 100_000) -> None:
-        self._index = _Index(max_messages)
-        self._items: dict[int, Spooled] = {}
-        self._next_id = 0
+class _IndexedSpool(ABC):
+    """What both spools do the same way, through their index."""
+
+    _index: _Index
 
     @property
     def dropped(self) -> int:
         return self._index.dropped
 
-    def append(self, topic: str, payload: bytes, seq: int | None = None) -> int:
-        item_id, self._next_id = self._next_id, self._next_id + 1
-        self._items[item_id] = Spooled(item_id, topic, payload, seq)
-        for evicted in self._index.add(item_id, seq):
-            del self._items[evicted]
-        return item_id
-
     def ids(self) -> list[int]:
         return self._index.ids()
 
-    def get(self, item_id: int) -> Spooled | None:
-        return self._items.get(item_id)
-
+    @abstractmethod
     def remove(self, item_id: int) -> None:
-        if self._index.discard(item_id):
-            del self._items[item_id]
+        """Forget one message (each spool removes its own storage)."""
 
     def remove_seqs(self, seqs: Iterable[int]) -> list[int]:
         removed = self._index.ids_of(seqs)
@@ -132,10 +122,32 @@ class MemorySpool:
         return len(self._index)
 
 
+class MemorySpool(_IndexedSpool):
+    def __init__(self, max_messages: int = 100_000) -> None:
+        self._index = _Index(max_messages)
+        self._items: dict[int, Spooled] = {}
+        self._next_id = 0
+
+    def append(self, topic: str, payload: bytes, seq: int | None = None) -> int:
+        item_id, self._next_id = self._next_id, self._next_id + 1
+        self._items[item_id] = Spooled(item_id, topic, payload, seq)
+        for evicted in self._index.add(item_id, seq):
+            del self._items[evicted]
+        return item_id
+
+    def get(self, item_id: int) -> Spooled | None:
+        return self._items.get(item_id)
+
+    def remove(self, item_id: int) -> None:
+        if self._index.discard(item_id):
+            del self._items[item_id]
+
+
+
 _SUFFIX = ".msg"
 
 
-class DiskSpool:
+class DiskSpool(_IndexedSpool):
     """One file per message, named `<id>-<seq or e>.msg` with a zero-padded id so that names sort
     in order. File: 2-byte big-endian topic length, topic (UTF-8), payload."""
 
@@ -149,10 +161,6 @@ class DiskSpool:
             self._index.add(item_id, seq)
         ids = self._index.ids()
         self._next_id = ids[-1] + 1 if ids else 0
-
-    @property
-    def dropped(self) -> int:
-        return self._index.dropped
 
     def _path(self, item_id: int, seq: int | None) -> Path:
         return self._dir / f"{item_id:020d}-{'e' if seq is None else seq}{_SUFFIX}"
@@ -175,9 +183,6 @@ class DiskSpool:
         for path in self._dir.glob(f"{item_id:020d}-*{_SUFFIX}"):
             path.unlink(missing_ok=True)
 
-    def ids(self) -> list[int]:
-        return self._index.ids()
-
     def get(self, item_id: int) -> Spooled | None:
         if item_id not in self._index:
             return None
@@ -195,17 +200,6 @@ class DiskSpool:
         if self._index.discard(item_id):
             self._path(item_id, seq).unlink(missing_ok=True)
 
-    def remove_seqs(self, seqs: Iterable[int]) -> list[int]:
-        removed = self._index.ids_of(seqs)
-        for item_id in removed:
-            self.remove(item_id)
-        return removed
-
-    def __contains__(self, item_id: int) -> bool:
-        return item_id in self._index
-
-    def __len__(self) -> int:
-        return len(self._index)
 
 
 def _parse_name(name: str) -> tuple[int, int | None] | None:
