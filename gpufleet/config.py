@@ -22,17 +22,17 @@ class ConfigError(Exception):
     """The operator's fault: a bad flag, variable or file. The message names each bad key."""
 
 
-_file_values: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("gpufleet_config_file", default={})
+_file_values: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("gpufleet_config_file", default=None)
 
 
 class _TomlValues(PydanticBaseSettingsSource):
     """The TOML file's table, as the lowest-priority source above the defaults."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return _file_values.get().get(field_name), field_name, False
+        return (_file_values.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_file_values.get())
+        return dict(_file_values.get() or {})
 
 
 class _Settings(BaseSettings):

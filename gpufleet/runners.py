@@ -15,7 +15,6 @@ from typing import TypeVar
 
 from gpufleet import config as cfg
 from gpufleet import sdnotify
-from gpufleet.mqtt import MqttError, MqttLink
 
 log = logging.getLogger("gpufleet")
 T = TypeVar("T")

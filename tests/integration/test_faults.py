@@ -48,9 +48,8 @@ class Stack:
         return process
 
     def stored(self) -> list[tuple[str, str, int]]:
-        rows = self.influx.rows(f"SELECT seq FROM gpu WHERE cluster = '{CLUSTER}'", DB)
-        return [(row["node"], row["gpu"], row["time"]) for row in self.influx.rows(
-            f"SELECT seq FROM gpu WHERE cluster = '{CLUSTER}' GROUP BY node, gpu", DB)] if rows else []
+        rows = self.influx.rows(f"SELECT seq FROM gpu WHERE cluster = '{CLUSTER}' GROUP BY node, gpu", DB)
+        return [(row["node"], row["gpu"], row["time"]) for row in rows]
 
     def close(self) -> None:
         for process in self.collectors:
@@ -155,7 +154,7 @@ def test_agent_killed_goes_offline_by_last_will_and_its_sequence_continues(stack
     ]
 
     def states() -> list[str]:
-        rows = stack.influx.rows(f"SELECT state FROM node_state WHERE node = 'n1'", DB)
+        rows = stack.influx.rows("SELECT state FROM node_state WHERE node = 'n1'", DB)
         return [row["state"] for row in rows]
 
     agent = subprocess.Popen(command, stderr=subprocess.DEVNULL)
