@@ -61,9 +61,16 @@ class FleetResult:
 
 
 async def run_fleet(
-    plan: FleetPlan, broker: BrokerAddress, *, tls: TlsFiles | None = None, record: bool = False
+    plan: FleetPlan,
+    broker: BrokerAddress,
+    *,
+    tls: TlsFiles | None = None,
+    record: bool = False,
+    result: FleetResult | None = None,
 ) -> FleetResult:
-    result = FleetResult(plan)
+    """Run the plan; `result` (optional) is filled as the fleet starts, so a caller can watch the
+    agents' live stats while it runs."""
+    result = result if result is not None else FleetResult(plan)
     agents = {}
     for i, node in enumerate(plan.node_names()):
         source = SimulatedGpuSource(
