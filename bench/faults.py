@@ -14,7 +14,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,9 +39,8 @@ class Scenario:
     def start_collector(self, name: str) -> None:
         log = (self.workdir / f"collector-{name}.log").open("ab")
         self.collectors[name] = subprocess.Popen(
-            [sys.executable, "-m", "gpufleet.cli", "collector", "--broker", self.broker.url, "--influx-url", self.influx.url,
-             "--bucket", DB, "--group", "faults", "--client-id", f"collector-{name}",
-             "--tenants-file", str(REPO / "systemd" / "tenants.toml")],
+            localstack.collector_argv(self.broker.url, self.influx.url, DB, f"collector-{name}", group="faults",
+                                      tenants_file=REPO / "systemd" / "tenants.toml"),
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "GPUFLEET_INFLUX_TOKEN": "t"},
         )
         time.sleep(1.5)  # subscribed well before the fleet starts

@@ -15,7 +15,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,8 +45,7 @@ def main() -> None:
             influx.create_database("latency")
             log = (Path(tmp) / "collector.log").open("wb")
             collector = subprocess.Popen(
-                [sys.executable, "-m", "gpufleet.cli", "collector", "--broker", broker.url, "--influx-url", influx.url,
-                 "--bucket", "latency", "--client-id", "latency", "--tenants-file", str(REPO / "systemd/tenants.toml")],
+                localstack.collector_argv(broker.url, influx.url, "latency", "latency", tenants_file=REPO / "systemd/tenants.toml"),
                 stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "GPUFLEET_INFLUX_TOKEN": "t", "GPUFLEET_FLUSH_INTERVAL": str(args.flush_interval)},
             )

@@ -339,9 +339,9 @@ def _spawn(
 
 def start_gpufleet(broker: localstack.Mosquitto, influx: localstack.InfluxDB, db: str, run_dir: Path) -> Running:
     argv = [
-        sys.executable, "-m", "gpufleet.cli", "collector", "--broker", broker.url, "--influx-url", influx.url,
-        "--bucket", db, "--group", "peers", "--client-id", "peers-collector",
-        "--tenants-file", str(fleetdata.TENANTS_FILE),
+        *localstack.collector_argv(
+            broker.url, influx.url, db, "peers-collector", group="peers", tenants_file=fleetdata.TENANTS_FILE
+        ),
     ]
     return _spawn("gpufleet", argv, run_dir / "gpufleet.log", {"GPUFLEET_INFLUX_TOKEN": "bench"})
 

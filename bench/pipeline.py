@@ -144,9 +144,10 @@ async def publish_and_wait(
 
 def start_collector(broker: str, influx: localstack.InfluxDB, db: str, log_path: Path) -> subprocess.Popen:
     args = [
-        sys.executable, "-m", "gpufleet.cli", "collector", "--broker", broker, "--influx-url", influx.url,
-        "--bucket", db, "--group", "bench", "--client-id", "bench-collector", "--batch-lines", str(BATCH_LINES),
-        "--tenants-file", str(fleetdata.TENANTS_FILE),
+        *localstack.collector_argv(
+            broker, influx.url, db, "bench-collector", group="bench", tenants_file=fleetdata.TENANTS_FILE,
+            extra=("--batch-lines", str(BATCH_LINES)),
+        ),
     ]
     env = {**os.environ, "GPUFLEET_INFLUX_TOKEN": "bench"}
     process = subprocess.Popen(args, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env)

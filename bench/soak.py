@@ -17,7 +17,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -86,8 +85,7 @@ def main() -> None:
             influx.create_database("soak")
             log = (Path(tmp) / "collector.log").open("wb")
             collector = subprocess.Popen(
-                [sys.executable, "-m", "gpufleet.cli", "collector", "--broker", broker.url, "--influx-url", influx.url,
-                 "--bucket", "soak", "--client-id", "soak", "--tenants-file", str(REPO / "systemd/tenants.toml")],
+                localstack.collector_argv(broker.url, influx.url, "soak", "soak", tenants_file=REPO / "systemd/tenants.toml"),
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "GPUFLEET_INFLUX_TOKEN": "t"},
             )
             time.sleep(2)

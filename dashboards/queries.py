@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gpufleet.catalogue import Metric
+from gpufleet.influxql import ident
+from gpufleet.influxql import literal as string
 
 DATASOURCE_UID = "gpufleet-influxdb"
 DATASOURCE = {"type": "influxdb", "uid": DATASOURCE_UID}
@@ -35,16 +37,6 @@ UNALLOCATED = "unallocated"  # collector/tenants.py: the tenant of GPUs nobody h
 
 # Per-GPU series identity: the `gpu` tag is an index, unique only within a node.
 GPU_KEYS = ('"cluster"', '"node"', '"gpu"')
-
-
-def ident(name: str) -> str:
-    """An InfluxQL identifier in double quotes."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def string(value: str) -> str:
-    """An InfluxQL string literal in single quotes."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def match(tag: str, variable: str) -> str:

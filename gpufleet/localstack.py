@@ -27,6 +27,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -35,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
+
+from gpufleet.influxql import ident, rows_of
 
 if TYPE_CHECKING:
     from gpufleet.mqtt import TlsFiles
@@ -515,24 +518,13 @@ http {{
         self, influxql: str, db: str | None = None, epoch: str | None = "ns"
     ) -> list[dict[str, Any]]:
         """Every row of every series as one dict: columns (incl. `time`) plus GROUP BY tags."""
-        out: list[dict[str, Any]] = []
-        for result in self.query(influxql, db, epoch):
-            for series in result.get("series", []):
-                tags = series.get("tags") or {}
-                for values in series.get("values", []):
-                    out.append({**tags, **dict(zip(series["columns"], values))})
-        return out
+        return rows_of(self.query(influxql, db, epoch))
 
     def create_database(self, name: str) -> None:
-        self.query(f"CREATE DATABASE {quote_ident(name)}")
+        self.query(f"CREATE DATABASE {ident(name)}")
 
     def drop_database(self, name: str) -> None:
-        self.query(f"DROP DATABASE {quote_ident(name)}")
-
-
-def quote_ident(name: str) -> str:
-    """An InfluxQL identifier in double quotes, escaped."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        self.query(f"DROP DATABASE {ident(name)}")
 
 
 def _json_or_text(raw: bytes) -> dict[str, Any]:
@@ -541,3 +533,24 @@ def _json_or_text(raw: bytes) -> dict[str, Any]:
     except ValueError:
         return {"error": raw.decode("utf-8", "replace").strip()}
     return parsed if isinstance(parsed, dict) else {"error": repr(parsed)}
+
+
+def collector_argv(
+    broker_url: str,
+    influx_url: str,
+    bucket: str,
+    client_id: str,
+    *,
+    group: str = "gpufleet",
+    tenants_file: str | os.PathLike[str] | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """`gpufleet collector` as an operator runs it, against these local services: the command
+    line that tests and benchmarks start (GPUFLEET_INFLUX_TOKEN goes in its environment)."""
+    argv = [
+        sys.executable, "-m", "gpufleet.cli", "collector", "--broker", broker_url, "--influx-url", influx_url,
+        "--bucket", bucket, "--group", group, "--client-id", client_id,
+    ]
+    if tenants_file is not None:
+        argv += ["--tenants-file", str(tenants_file)]
+    return [*argv, *extra]

@@ -2,8 +2,8 @@
 line-protocol writes (`/write`) of the InfluxDB 1.x API. Plain urllib, no client library:
 influxdb-client speaks only Flux/v2 and cannot run InfluxQL.
 
-Also the InfluxQL text builders (`literal`, `ident`, `time_range`), pure, so that every value
-that reaches a query string goes through one escaping rule.
+Also the report-side InfluxQL builders (`time_range`, `tag_is`); escaping itself is
+gpufleet/influxql.py, shared with the dashboards.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
+from gpufleet.influxql import ident, literal, rows_of
+
+__all__ = ["InfluxError", "InfluxQL", "ident", "literal", "tag_is", "time_range"]
+
 HTTP_TIMEOUT_S = 120.0  # a month of a large fleet is aggregated server-side; give it time
 WRITE_BATCH_LINES = 5000
 
@@ -25,16 +29,6 @@ class InfluxError(RuntimeError):
 
 
 # --- InfluxQL text ------------------------------------------------------------------------
-
-
-def literal(value: str) -> str:
-    """An InfluxQL string literal: single quotes, with `\\` and `'` escaped."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def ident(name: str) -> str:
-    """An InfluxQL identifier in double quotes, escaped."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def time_range(start_ns: int, end_ns: int) -> str:
@@ -72,14 +66,7 @@ class InfluxQL:
 
     def rows(self, influxql: str) -> list[dict[str, Any]]:
         """Every row of every series as one dict: the columns (with `time` in ns) and the GROUP BY tags."""
-        out: list[dict[str, Any]] = []
-        for result in self.results(influxql):
-            for series in result.get("series", []):
-                tags = series.get("tags") or {}
-                columns = series["columns"]
-                for values in series.get("values", []):
-                    out.append({**tags, **dict(zip(columns, values))})
-        return out
+        return rows_of(self.results(influxql))
 
     def results(self, influxql: str) -> list[dict[str, Any]]:
         """InfluxDB's `results` list for one or more statements; raises InfluxError on any error.

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,11 +24,11 @@ TENANTS_FILE = REPO / "systemd" / "tenants.toml"  # the rules shipped for the si
 class CollectorProcess:
     """`gpufleet collector` run as operators run it; its log is kept for failure messages."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str]) -> None:  # args: localstack.collector_argv
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpufleet.cli", "collector", *args], stdout=self._log, stderr=subprocess.STDOUT, env=env
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=env
         )
 
     def log(self) -> str:
@@ -61,10 +60,7 @@ class CollectorProcess:
 
 
 def collector_args(broker: str, influx_url: str, bucket: str, group: str, client_id: str) -> list[str]:
-    return [
-        "--broker", broker, "--influx-url", influx_url, "--bucket", bucket, "--group", group,
-        "--client-id", client_id, "--tenants-file", str(TENANTS_FILE),
-    ]
+    return localstack.collector_argv(broker, influx_url, bucket, client_id, group=group, tenants_file=TENANTS_FILE)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpufleet import localstack
+
 
 def notifications(command: list[str], tmp_path: Path, seconds: float = 3.0) -> list[str]:
     path = tmp_path / "notify"
@@ -43,10 +45,7 @@ def test_agent_says_ready_then_feeds_the_watchdog(mosquitto, tmp_path):
 
 
 def test_collector_says_ready_then_feeds_the_watchdog(mosquitto, influxdb, bucket, tmp_path):
-    command = [
-        sys.executable, "-m", "gpufleet.cli", "collector", "--broker", mosquitto.url,
-        "--influx-url", influxdb.url, "--bucket", bucket, "--client-id", f"notify-{bucket}",
-    ]
+    command = localstack.collector_argv(mosquitto.url, influxdb.url, bucket, f"notify-{bucket}")
     received = notifications(command, tmp_path)
     assert received[0] == "READY=1"
     assert received.count("WATCHDOG=1") >= 4

@@ -6,8 +6,6 @@ from __future__ import annotations
 import ctypes.util
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -17,20 +15,6 @@ from gpufleet.agent.readings import GpuEvent
 FIELD_READINGS = (
     "energy_mj", "temp_mem_c", "ecc_corrected_volatile", "pcie_tx_bytes", "nvlink_rx_bytes", "remap_failure",
 )
-
-
-@pytest.fixture
-def driver() -> Iterator[Callable[[dict[str, Any]], fakenvml.FakeNvml]]:
-    fakes: list[fakenvml.FakeNvml] = []
-
-    def install(profile: dict[str, Any]) -> fakenvml.FakeNvml:
-        fakes.append(fakenvml.install(profile))
-        return fakes[-1]
-
-    yield install
-    fakenvml.uninstall()
-    for fake in fakes:
-        assert fake.internal_errors == []
 
 
 def wait_for_events(source: nvml.NvmlSource, count: int, timeout_s: float = 5.0) -> list[GpuEvent]:

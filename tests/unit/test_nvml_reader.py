@@ -3,7 +3,6 @@ every reading of every bundled profile, units, absent-not-zero, processes and MI
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -16,22 +15,6 @@ MiB = 1 << 20
 GiB = 1 << 30
 PROFILES = ("h100-sxm", "a100-mig", "t4", "geforce-rtx")
 REMAP = {"remap_correctable", "remap_uncorrectable", "remap_pending", "remap_failure"}
-
-
-@pytest.fixture
-def driver() -> Iterator[Callable[[dict[str, Any]], fakenvml.FakeNvml]]:
-    """Install a fake driver for a profile; uninstalled afterwards, and the fake must not have
-    hit a bug of its own (an exception inside a ctypes callback)."""
-    fakes: list[fakenvml.FakeNvml] = []
-
-    def install(profile: dict[str, Any]) -> fakenvml.FakeNvml:
-        fakes.append(fakenvml.install(profile))
-        return fakes[-1]
-
-    yield install
-    fakenvml.uninstall()
-    for fake in fakes:
-        assert fake.internal_errors == []
 
 
 def expected_values(spec: dict[str, Any]) -> dict[str, int]:
