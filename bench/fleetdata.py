@@ -101,14 +101,15 @@ def _slurm(tenant: str, job: int) -> dict:
     return {"kind": "slurm_job", "job": str(job), "step": "0", "account": tenant, "user": f"{tenant}-user", "partition": "gpu"}
 
 
-def _node_workloads(rng: random.Random, gpus: int) -> tuple[dict[str, dict], list[list[str]]]:
-    """Two Slurm jobs splitting the node, plus inference pods sharing GPUs: 1-3 holders per GPU.
-    One tenant in five matches no rule, so the default tenant is exercised too."""
+def _node_workloads(rng: random.Random, gpus: int, shared: bool) -> tuple[dict[str, dict], list[list[str]]]:
+    """Two Slurm jobs splitting the node; with `shared`, inference pods share the GPUs too: 1-3
+    holders per GPU. One tenant in five matches no rule, so the default tenant is exercised too."""
     tenants = ("lab-a", "lab-b", "lab-c", "lab-d", "lab-x")
     identities = [_slurm(rng.choice(tenants), rng.randint(100_000, 9_999_999)) for _ in range(2)]
-    identities += [_pod(rng, rng.choice(tenants), rng.randint(0, 0xFFFF)) for _ in range(4)]
+    identities += [_pod(rng, rng.choice(tenants), rng.randint(0, 0xFFFF)) for _ in range(4 if shared else 0)]
     keys = [workload_key(identity) for identity in identities]
-    per_gpu = [[keys[0] if g < gpus // 2 else keys[1], *rng.sample(keys[2:], rng.randint(0, 2))] for g in range(gpus)]
+    pods = keys[2:]
+    per_gpu = [[keys[0] if g < gpus // 2 else keys[1], *rng.sample(pods, rng.randint(0, min(2, len(pods))))] for g in range(gpus)]
     return dict(zip(keys, identities)), per_gpu
 
 
@@ -122,17 +123,20 @@ def full_counters(window: wire.TelemetryWindow, rng: random.Random, jobs: tuple[
             value if value is not None else _FILL[name](rng, seconds) for name, value in zip(window.fields, gpu.values)
         )
         holders = tuple(wire.Holder(key, rng.randint(500, 9000), rng.randint(1, 40) << 30) for key in keys)
-        gpus.append(replace(gpu, values=values, holders=holders, owners=tuple(keys)))
+        gpus.append(gpu._replace(values=values, holders=holders, owners=tuple(keys)))
     return replace(window, gpus=tuple(gpus), workloads=workloads)
 
 
-def full_fleet(nodes: int, gpus: int, windows: int, start_ms: int, seed: int = 0) -> list[wire.TelemetryWindow]:
+def full_fleet(
+    nodes: int, gpus: int, windows: int, start_ms: int, seed: int = 0, *, shared: bool = True
+) -> list[wire.TelemetryWindow]:
     """10 s windows of 1 s samples (the agent's defaults), every counter present, 1-3 workloads per
-    GPU. Jobs last longer than a window, so a node keeps its jobs for all its windows."""
+    GPU (`shared`, the worst ordinary case) or one job per GPU (a training cluster, the usual case).
+    Jobs last longer than a window, so a node keeps its jobs for all its windows."""
     rng = random.Random(seed)
     fleet = simulated_fleet("bench", nodes, gpus, windows, 10_000, 1000, start_ms, seed)
     out = []
     for node in fleet:
-        jobs = _node_workloads(rng, gpus)
+        jobs = _node_workloads(rng, gpus, shared)
         out += [full_counters(window, rng, jobs) for window in node]
     return out

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import fleetdata
@@ -110,7 +111,7 @@ async def publish_and_wait(
     has accepted (HTTP 204), so "all points stored" is timed without polling InfluxDB, whose
     count queries would cost it more CPU than the writes being measured."""
     address = BrokerAddress.parse(broker)
-    pending = {wire.parse_topic(node[0][0]).node: {msgpack.unpackb(p)["seq"] for _, p in node} for node in per_node}
+    pending = {wire.parse_topic(node[0][0]).node: {msgpack.unpackb(zlib.decompress(p))["seq"] for _, p in node} for node in per_node}
 
     async def confirmed(link: MqttLink) -> float:
         async for message in link.messages():

@@ -73,7 +73,8 @@ def apportion(
 
 def _hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> list[int]:
     """apportion on integer weights listed in key order; ties on the remainder go to the lower
-    position, that is the smaller key. Lists, not dicts: attribute() calls this three times a GPU."""
+    position, that is the smaller key. Lists and plain loops, not dicts or comprehensions: the
+    collector calls this three times a GPU-window, mostly for two or three keys."""
     whole = sum(weights)
     if whole == 0:
         weights, whole = [1] * len(weights), len(weights)
@@ -86,19 +87,24 @@ def _hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> 
         seats = [min(seat, cap) for seat, cap in zip(seats, caps)]
     left = total - sum(seats)
     if left > 0:
-        order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
-        _hand_out(left, order, seats, caps)
+        # Largest remainder first; sorted() is stable under reverse=True, so ties keep the lower position.
+        order = sorted(range(len(weights)), key=remainders.__getitem__, reverse=True)
+        if caps is None:
+            for i in order[:left]:  # fewer units left than keys: one pass
+                seats[i] += 1
+        else:
+            _hand_out(left, order, seats, caps)
     return seats
 
 
-def _hand_out(left: int, order: Sequence[int], seats: list[int], caps: list[int] | None) -> None:
-    # Without caps one pass suffices (left < len(order)); with caps, go round again until done.
+def _hand_out(left: int, order: Sequence[int], seats: list[int], caps: list[int]) -> None:
+    # A capped key passes its unit to the next in line; go round again until all are given.
     while left > 0:
         given = 0
         for i in order:
             if left == 0:
                 break
-            if caps is None or seats[i] < caps[i]:
+            if seats[i] < caps[i]:
                 seats[i] += 1
                 left -= 1
                 given += 1

@@ -1,8 +1,12 @@
 """InfluxDB line protocol for gpufleet's measurements. Pure functions, no I/O.
 
 Rules (as influxdb-client's Point, see STYLE.md section 5): tags sorted by key and escaped by table,
-absent values skipped (never written as zero), integers get `i`, floats the shortest repr that
-round-trips, strings quoted with `"` and `\\` escaped. Timestamps are nanoseconds.
+absent values skipped (never written as zero), integers get `i`, strings quoted with `"` and `\\`
+escaped. Timestamps are nanoseconds. Floats that are whole numbers of a decimal unit (312460 mW,
+a window's 10000 ms) are written as that integer and a decimal exponent: `power_w=312460e-3`.
+InfluxDB 1.x and 2.x (Go's ParseFloat) and 3.x (its Rust parser's "exponential, no decimal"
+form) read that as the float 312.46, the same double as `312.46`, rounded once from the exact
+decimal; and formatting an integer costs a third of a float repr.
 Every tag value here has already passed wire validation; escaping is the second line of defence.
 """
 
@@ -45,12 +49,28 @@ def _tags(pairs: Iterable[tuple[str, str]]) -> str:
 
 @cache
 def _divisor(field_name: str) -> int | None:
-    """None for integer fields; else what a wire integer is divided by to give the field value.
-
-    Dividing by 1000 (not multiplying by 0.001) keeps 312460 mW -> 312.46 W exact in repr.
-    """
+    """None for integer fields; else what a wire integer is divided by to give the field value:
+    a power of ten (metrics.csv wire_scale is 1, 0.1, 0.01 or 0.001)."""
     metric = gpu_window_field_by_name()[field_name]
     return None if metric.is_int else round(1 / metric.wire_scale)
+
+
+_EXPONENTS = {10: "e-1", 100: "e-2", 1000: "e-3"}
+
+
+def value_suffix(divisor: int | None) -> str:
+    """What follows a wire integer in a line: `i`, or the decimal exponent that scales it."""
+    if divisor is None:
+        return "i"
+    exponent = _EXPONENTS.get(divisor)
+    if exponent is None:
+        raise ValueError(f"wire scale 1/{divisor} is not 0.1, 0.01 or 0.001")
+    return exponent
+
+
+def thousandths(value: int) -> str:
+    """A float field from an integer count of thousandths (ms -> s, mJ -> J)."""
+    return f"{value}e-3"
 
 
 def field_plan(fields: Sequence[str]) -> tuple[list[tuple[int, str, int | None]], list[str]]:
@@ -68,17 +88,12 @@ def gpu_lines(window: TelemetryWindow, plan: list[tuple[int, str, int | None]]) 
     head = f"gpu,cluster={_tag_few(window.cluster)},gpu="
     node = f",node={tag(window.node)},uuid="
     trailer = f"seq={window.seq}i,window_s={window_s!r} {timestamp}"
-    # The collector's hottest loop: one comprehension per GPU and no call per field. Integer
-    # fields are written `name=42i`, the others `name=<value / divisor>` in the shortest repr.
-    named = [(f"{name}=", pos, div) for pos, name, div in plan]
+    # The readable definition; collector/telemetry.py makes the same bytes faster.
+    named = [(f"{name}=", pos, value_suffix(div)) for pos, name, div in plan]
     lines = []
     for gpu in window.gpus:
         values = gpu.values
-        fields = [
-            f"{name}{value}i" if div is None else f"{name}{value / div!r}"
-            for name, pos, div in named
-            if (value := values[pos]) is not None
-        ]
+        fields = [f"{name}{value}{suffix}" for name, pos, suffix in named if (value := values[pos]) is not None]
         fields.append(trailer)
         lines.append(f"{head}{gpu.tag},model={_tag_few(gpu.model)}{node}{tag(gpu.uuid)} {','.join(fields)}")
     return lines
@@ -103,7 +118,7 @@ def workloads_json_field(pieces: list[str]) -> str:
 def tenant_usage_line(
     window: TelemetryWindow, gpu: GpuWindow, share: TenantShare, workloads: dict[str, dict]
 ) -> str:
-    """One tenant's part of one GPU-window; ms and mJ become s and J exactly (n/1000 in repr)."""
+    """One tenant's part of one GPU-window; ms and mJ become s and J exactly (`n e-3`)."""
     return tenant_usage_line_with(window, gpu, share, workloads_field(workloads))
 
 
@@ -113,11 +128,11 @@ def tenant_usage_line_with(window: TelemetryWindow, gpu: GpuWindow, share: Tenan
         f",cluster={_tag_few(window.cluster)},gpu={gpu.tag},model={_tag_few(gpu.model)},node={tag(window.node)}"
         f",tenant={_tag_few(share.tenant)}"
     )
-    fields = [f"gpu_s={share.gpu_ms / 1000!r}"]
+    fields = [f"gpu_s={thousandths(share.gpu_ms)}"]
     if share.busy_ms is not None:
-        fields.append(f"busy_gpu_s={share.busy_ms / 1000!r},idle_gpu_s={(share.gpu_ms - share.busy_ms) / 1000!r}")
+        fields.append(f"busy_gpu_s={thousandths(share.busy_ms)},idle_gpu_s={thousandths(share.gpu_ms - share.busy_ms)}")
     if share.energy_mj is not None:
-        fields.append(f"energy_j={share.energy_mj / 1000!r}")
+        fields.append(f"energy_j={thousandths(share.energy_mj)}")
     if share.peak_mem_bytes is not None:
         fields.append(f"peak_mem_bytes={share.peak_mem_bytes}i")
     fields.append(f"uuid={string_field(gpu.uuid)}")

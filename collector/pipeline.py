@@ -15,6 +15,7 @@ from gpufleet.wire import Rejected
 
 from . import lineproto
 from .attribute import UNALLOCATED, apportion, attribute, by_tenant
+from .telemetry import FieldFormat, GpuPlan, TelemetryLines, window_tail
 from .tenants import TenantRules
 
 
@@ -49,6 +50,7 @@ class Pipeline:
         self.counters = PipelineCounters()
         self._tenant_rules = tenant_rules
         self._tenants = _TenantCache()
+        self._telemetry = TelemetryLines()
         # (cluster, node, seq) of the last message if it was an accepted window: what the collector
         # confirms to the agent once the lines are stored. None after anything else.
         self.accepted_window: tuple[str, str, int] | None = None
@@ -75,35 +77,44 @@ class Pipeline:
         return [lineproto.state_line(wire.decode_state(payload, topic, now_ms), now_ms)]
 
     def _telemetry_lines(self, window: wire.TelemetryWindow) -> list[str]:
-        plan, unknown = lineproto.field_plan(window.fields)
-        usage = self._tenant_usage_lines(window)  # first: it may still reject the message
-        self.counters.unknown_fields += len(unknown)
+        fields = self._telemetry.field_format(window.fields)
+        rules = self._tenant_rules()
+        if rules is not self._tenants.rules:
+            self._telemetry.forget()
+        memo = _MessageMemo(window, self._tenants.using(rules))
+        plans = [self._telemetry.plan(window, gpu, memo.party) for gpu in window.gpus]
+        usage = self._tenant_usage_lines(window, plans, fields, memo)  # first: it may still reject the message
+        tail = window_tail(window)
+        lines = [self._telemetry.gpu_line(tail, plan, fields, gpu) for plan, gpu in zip(plans, window.gpus)]
+        self.counters.unknown_fields += len(fields.unknown)
         self.counters.gpu_windows += len(window.gpus)
         self.counters.tenant_points += len(usage)
         self.accepted_window = (window.cluster, window.node, window.seq)
-        return lineproto.gpu_lines(window, plan) + usage
+        lines += usage
+        return lines
 
-    def _tenant_usage_lines(self, window: wire.TelemetryWindow) -> list[str]:
-        position = {name: pos for pos, name in enumerate(window.fields)}
-        energy_at, util_at = position.get("energy_j"), position.get("util_gpu_pct")
-        memo = _MessageMemo(window, self._tenants.using(self._tenant_rules()))
+    def _tenant_usage_lines(
+        self, window: wire.TelemetryWindow, plans: list[GpuPlan], fields: FieldFormat, memo: _MessageMemo
+    ) -> list[str]:
+        energy_at, util_at = fields.energy_at, fields.util_at
         instances: dict[int, list[wire.GpuWindow]] = {}
         for gpu in window.gpus:
             if gpu.mig is not None:
                 instances.setdefault(gpu.index, []).append(gpu)
         window_ms = window.t1_ms - window.t0_ms
+        stamp = str(window.t0_ms * 1_000_000)
         lines = []
-        for gpu in window.gpus:
+        for plan, gpu in zip(plans, window.gpus):
             if gpu.mig is not None:
                 continue  # split with its GPU below
             energy_mj = gpu.values[energy_at] if energy_at is not None else None
             util_centi = gpu.values[util_at] if util_at is not None else None
-            if energy_mj is not None and energy_mj < 0:
-                raise Rejected("bad_value", f"GPU {gpu.index} energy_j {energy_mj} is negative")
             if gpu.index in instances:
+                if energy_mj is not None and energy_mj < 0:
+                    raise Rejected("bad_value", f"GPU {gpu.index} energy_j {energy_mj} is negative")
                 lines.extend(_split_mig_gpu(window, gpu, instances[gpu.index], energy_mj, memo))
             else:
-                lines.extend(_split_gpu_window(window, gpu, window_ms, energy_mj, util_centi, memo))
+                lines.extend(self._telemetry.tenant_lines(plan, gpu, window_ms, energy_mj, util_centi, stamp))
         return lines
 
 
@@ -113,7 +124,7 @@ class _TenantCache:
     identity; emptied when the rules object changes (a reload) and when full. Not used when a rule
     reads the GPU's UUID."""
 
-    MAX_ENTRIES = 1 << 16
+    MAX_ENTRIES = 1 << 18  # a workload or two per GPU of a 200,000-GPU fleet
 
     def __init__(self) -> None:
         self.rules: TenantRules | None = None
@@ -137,6 +148,13 @@ class _MessageMemo:
         self._cache = cache
         self._known: dict[str, tuple[str, str]] = {}  # workload key -> (tenant, JSON piece)
         self._texts: dict[tuple[str, ...], str] = {}
+
+    def party(self, key: str, gpu_uuid: str) -> tuple[str, str]:
+        """(tenant, JSON piece) of a workload on this GPU, for telemetry.GpuPlan."""
+        if self._cache.reads_gpu:
+            identity = self._window.workloads[key]
+            return self._cache.rules.tenant_for(identity, gpu_uuid, self._window.node), lineproto.workload_json(key, identity)
+        return self._workload(key, gpu_uuid)
 
     def tenant(self, key: str, gpu_uuid: str) -> str:
         if self._cache.reads_gpu:

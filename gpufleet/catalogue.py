@@ -19,6 +19,7 @@ class Metric(NamedTuple):
     name: str
     unit: str
     wire_scale: float | None  # field value = wire integer * wire_scale; None: not carried per GPU
+    wire_id: int | None  # the field's number in wire v2 messages: fixed for good once given out
     source: str  # raw per-sample reading the window field is built from
     raw_scale: float | None  # one raw unit in field units (power_mw -> W: 0.001)
     agg: str  # mean | max | last | delta | or | bit_seconds | count | header | event | state | stat
@@ -37,6 +38,7 @@ def _parse_row(row: dict[str, str]) -> Metric:
         name=row["name"],
         unit=row["unit"],
         wire_scale=float(row["wire_scale"]) if row["wire_scale"] else None,
+        wire_id=int(row["wire_id"]) if row["wire_id"] else None,
         source=row["source"],
         raw_scale=float(row["raw_scale"]) if row["raw_scale"] else None,
         agg=row["agg"],
@@ -66,3 +68,8 @@ def gpu_window_field_by_name() -> dict[str, Metric]:
 def raw_readings() -> frozenset[str]:
     """Names of the raw per-sample readings a GPU source (NVML or simulator) may produce."""
     return frozenset(m.source for m in gpu_window_fields() if m.source)
+
+
+@cache
+def gpu_window_field_by_wire_id() -> dict[int, Metric]:
+    return {m.wire_id: m for m in gpu_window_fields() if m.wire_id is not None}

@@ -9,16 +9,25 @@ Collectors answer on `gpufleet/ack/v1/<cluster>/<node>` (outside the telemetry s
 the sequence numbers of the node's windows that are now stored in InfluxDB; an agent keeps a
 window in its spool, and sends it again, until one collector has said so.
 
-Payloads are MessagePack maps. Telemetry carries the window's field names once and one row of
-integers ("wire units", see metrics.csv `wire_scale`) per GPU, so a GPU-window costs little more than
-its numbers. A field the GPU does not support is nil (absent), never zero.
+Payloads are MessagePack maps; a telemetry payload is also zlib-compressed (RFC 1950: its first
+byte is 0x78, which no MessagePack map starts with, so either form is read). Telemetry carries each
+window's field ids, models and workloads once, and one row of integers ("wire units", see
+metrics.csv `wire_scale` and `wire_id`) per GPU, so a GPU-window costs little more than its numbers:
 
-    {"v": 1, "cluster": "c1", "node": "n1", "seq": 42, "t0": <ms>, "t1": <ms>,
-     "fields": ["power_w", "energy_j", ...],
-     "gpus": [[index, uuid, model, [values...], [[workload, sm_util_centi, mem_bytes], ...], [owner, ...],
+    {"v": 2, "cluster": "c1", "node": "n1", "seq": 42, "t0": <ms>, "t1": <ms>,
+     "fields": [1, 4, ...],                      # metrics.csv wire_id of each value's field
+     "models": ["NVIDIA H100 80GB HBM3"],
+     "workloads": [["slurm:123", {"kind": "slurm_job", "job": "123", ...}], ...],
+     "gpus": [[index, uuid, model#, [values...],
+               [workload#, sm_util_centi, mem_bytes, workload#, ...],   # holders, three numbers each
+               [workload#, ...],                                         # owners
                [mig_instance_id, slices, gpu_slices]  # only for a MIG instance, whose index is its GPU's
-              ], ...],
-     "workloads": {"slurm:123": {"kind": "slurm_job", "job": "123", ...}, ...}}
+              ], ...]}
+
+`#` is a position in "models" or "workloads". A field the GPU does not support is nil (absent),
+never zero; a field id this side does not know (a newer agent) decodes as `wire_id_<n>`, which
+the collector skips and counts. Version 1 (field names, workloads by key, uncompressed) is still
+read, so that windows spooled by an older agent are not lost in an upgrade.
 
 A GPU's holders are the workloads whose processes ran on it in the window; its owners are the
 workloads the node's scheduler allocated it to (job-mapping directory, static map), which pay
@@ -31,12 +40,18 @@ collector counts rejections per reason, so the set is fixed and small.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
-PROTOCOL_VERSION = 1
+from gpufleet.catalogue import gpu_window_field_by_name, gpu_window_field_by_wire_id
+
+PROTOCOL_VERSION = 1  # events, state and stored confirmations
+TELEMETRY_VERSION = 2  # telemetry written; versions 1 and 2 are read
+UNKNOWN_FIELD_PREFIX = "wire_id_"  # a field id this side does not know decodes as wire_id_<n>
+ZLIB_LEVEL = 6  # level 9 saves under 1 % more here, for 10 % more agent CPU
 TOPIC_ROOT = "gpufleet/v1"
 MAX_MESSAGE_BYTES = 1 << 20  # a node of 8 GPUs sends ~2 kB; 1 MiB leaves room for 64 GPUs with MIG
 MAX_GPUS = 256
@@ -143,8 +158,9 @@ def _check_name(what: str, value: Any, pattern: re.Pattern[str] = _NAME) -> None
 # ------------------------------------------------------------------------------ message types
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
+# Holder and GpuWindow are NamedTuples, not frozen dataclasses: a collector makes ~3 per
+# GPU-window, and a tuple is made several times faster.
+class Holder(NamedTuple):
     """A workload holding a GPU in the window, with what the driver said of its share."""
 
     workload: str  # key into TelemetryWindow.workloads
@@ -152,8 +168,7 @@ class Holder:
     mem_bytes: int | None  # peak used memory; None: the driver does not say
 
 
-@dataclass(frozen=True, slots=True)
-class GpuWindow:
+class GpuWindow(NamedTuple):
     index: int
     uuid: str
     model: str
@@ -208,31 +223,43 @@ def _pack(obj: dict[str, Any]) -> bytes:
 
 
 def encode_telemetry(window: TelemetryWindow) -> bytes:
-    gpus = [
-        [
-            g.index,
-            g.uuid,
-            g.model,
-            list(g.values),
-            [[h.workload, h.sm_util_centi, h.mem_bytes] for h in g.holders],
-            list(g.owners),
-            *([list(g.mig)] if g.mig is not None else []),
-        ]
-        for g in window.gpus
-    ]
+    """A version 2 telemetry payload: compressed MessagePack, names and identities once per message."""
+    workload_number = {key: number for number, key in enumerate(window.workloads)}
+    models = list(dict.fromkeys(gpu.model for gpu in window.gpus))
+    model_number = {model: number for number, model in enumerate(models)}
     message = {
-        "v": PROTOCOL_VERSION,
+        "v": TELEMETRY_VERSION,
         "cluster": window.cluster,
         "node": window.node,
         "seq": window.seq,
         "t0": window.t0_ms,
         "t1": window.t1_ms,
-        "fields": list(window.fields),
-        "gpus": gpus,
+        "fields": [_wire_id(name) for name in window.fields],
+        "models": models,
+        "workloads": [[key, identity] for key, identity in window.workloads.items()],
+        "gpus": [_gpu_row(gpu, model_number, workload_number) for gpu in window.gpus],
     }
-    if window.workloads:
-        message["workloads"] = window.workloads
-    return _pack(message)
+    return zlib.compress(_pack(message), ZLIB_LEVEL)
+
+
+def _wire_id(name: str) -> int:
+    """The field's id; `wire_id_<n>` (how an unknown id decodes) is n again."""
+    metric = gpu_window_field_by_name().get(name)
+    if metric is not None and metric.wire_id is not None:
+        return metric.wire_id
+    if name.startswith(UNKNOWN_FIELD_PREFIX) and name[len(UNKNOWN_FIELD_PREFIX) :].isdigit():
+        return int(name[len(UNKNOWN_FIELD_PREFIX) :])
+    raise ValueError(f"field {name!r} has no wire_id in metrics.csv")
+
+
+def _gpu_row(gpu: GpuWindow, model_number: dict[str, int], workload_number: dict[str, int]) -> list[Any]:
+    holders = []
+    for holder in gpu.holders:
+        holders += (workload_number[holder.workload], holder.sm_util_centi, holder.mem_bytes)
+    row = [gpu.index, gpu.uuid, model_number[gpu.model], list(gpu.values), holders, [workload_number[o] for o in gpu.owners]]
+    if gpu.mig is not None:
+        row.append(list(gpu.mig))
+    return row
 
 
 def encode_event(event: GpuEventMessage) -> bytes:
@@ -261,17 +288,36 @@ def encode_state(state: NodeState) -> bytes:
 # --------------------------------------------------------------------------------------- decode
 
 
-def _unpack(payload: bytes, topic: Topic) -> dict[str, Any]:
+def _inflate(payload: bytes) -> bytes:
+    """The MessagePack inside a zlib stream, or the payload itself when it is plain MessagePack.
+    Bounded: a small stream that inflates past MAX_MESSAGE_BYTES is refused, not expanded."""
+    if payload[:1] != b"\x78":
+        return payload
+    inflater = zlib.decompressobj()
+    try:
+        plain = inflater.decompress(payload, MAX_MESSAGE_BYTES)
+    except zlib.error as exc:
+        raise Rejected("malformed", f"not a zlib stream: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise Rejected("too_large", f"inflates past {MAX_MESSAGE_BYTES} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise Rejected("malformed", "zlib stream truncated or followed by other bytes")
+    return plain
+
+
+def _unpack(payload: bytes, topic: Topic, versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> dict[str, Any]:
     if len(payload) > MAX_MESSAGE_BYTES:
         raise Rejected("too_large", f"{len(payload)} bytes > {MAX_MESSAGE_BYTES}")
     try:
-        message = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        message = msgpack.unpackb(_inflate(payload), raw=False, strict_map_key=True, use_list=True)
+    except Rejected:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise Rejected("malformed", f"not MessagePack: {type(exc).__name__}") from None
     if not isinstance(message, dict):
         raise Rejected("malformed", f"top level is {type(message).__name__}, not a map")
-    if message.get("v") != PROTOCOL_VERSION:
-        raise Rejected("version", f"protocol version {str(message.get('v'))[:20]!r}, expected {PROTOCOL_VERSION}")
+    if message.get("v") not in versions or type(message.get("v")) is not int:
+        raise Rejected("version", f"protocol version {str(message.get('v'))[:20]!r}, expected one of {versions}")
     if message.get("cluster") != topic.cluster or message.get("node") != topic.node:
         raise Rejected(
             "topic_mismatch",
@@ -352,6 +398,10 @@ def _decode_holder(raw: Any, workloads: dict[str, Any]) -> Holder:
     workload, sm_util, mem = raw
     if not isinstance(workload, str) or workload not in workloads:
         raise Rejected("schema", f"holder names workload {str(workload)[:80]!r} missing from 'workloads'")
+    return _holder(workload, sm_util, mem)
+
+
+def _holder(workload: str, sm_util: Any, mem: Any) -> Holder:
     sm_util, mem = _check_int(sm_util), _check_int(mem)
     # Bounded so that sums over a GPU's holders stay far inside 64 bits.
     if sm_util is not None and not 0 <= sm_util <= 10_000:
@@ -405,7 +455,29 @@ def _len(value: Any) -> str:
     return str(len(value)) if isinstance(value, list) else "no list of"
 
 
+# Identities already found valid, as (key, items, value types): a job's identity comes back every
+# window. The types are part of it because 1 == 1.0 == True: a cached {"uid": 1} must not pass
+# {"uid": True}.
+_VALID_IDENTITIES: set[tuple[Any, ...]] = set()
+
+
 def _decode_identity(key: Any, identity: Any) -> dict[str, str | int]:
+    if isinstance(identity, dict):
+        try:
+            seen = (key, *identity.items(), *map(type, identity.values()))
+            if seen in _VALID_IDENTITIES:
+                return identity
+        except TypeError:  # an unhashable value: the checks below refuse it
+            seen = None
+    else:
+        seen = None
+    _check_identity(key, identity)
+    if seen is not None:
+        _remember(_VALID_IDENTITIES, seen)
+    return identity
+
+
+def _check_identity(key: Any, identity: Any) -> None:
     _check_name("workload", key, _WORKLOAD)
     if not isinstance(identity, dict) or len(identity) > MAX_IDENTITY_KEYS:
         raise Rejected("limits", f"identity of {key!r} must be a map of at most {MAX_IDENTITY_KEYS} keys")
@@ -416,7 +488,6 @@ def _decode_identity(key: Any, identity: Any) -> dict[str, str | int]:
                 raise Rejected("bad_name", f"identity {key!r}.{name} is too long or has control characters")
         elif value is not None:
             _check_int(value)
-    return identity
 
 
 def _decode_workloads(raw: Any) -> dict[str, dict[str, str | int]]:
@@ -428,7 +499,24 @@ def _decode_workloads(raw: Any) -> dict[str, dict[str, str | int]]:
 
 
 def decode_telemetry(payload: bytes, topic: Topic, now_ms: int) -> TelemetryWindow:
-    message = _unpack(payload, topic)
+    message = _unpack(payload, topic, (1, TELEMETRY_VERSION))
+    seq, t0, t1 = _decode_window_times(message, now_ms)
+    gpus_raw = message.get("gpus")
+    if not isinstance(gpus_raw, list) or len(gpus_raw) > MAX_GPUS:
+        raise Rejected("limits", f"'gpus' must be a list of at most {MAX_GPUS}")
+    if message["v"] == 1:
+        fields = _decode_fields(message.get("fields"))
+        workloads = _decode_workloads(message.get("workloads"))
+        gpus = tuple(_decode_gpu(g, len(fields), workloads) for g in gpus_raw)
+    else:
+        fields = _decode_field_ids(message.get("fields"))
+        models = _decode_models(message.get("models"))
+        keys, workloads = _decode_workload_list(message.get("workloads"))
+        gpus = tuple(_decode_gpu_row(g, len(fields), models, keys) for g in gpus_raw)
+    return TelemetryWindow(topic.cluster, topic.node, seq, t0, t1, fields, gpus, workloads)
+
+
+def _decode_window_times(message: dict[str, Any], now_ms: int) -> tuple[int, int, int]:
     seq = _get(message, "seq", int)
     t0 = _get(message, "t0", int)
     t1 = _get(message, "t1", int)
@@ -438,13 +526,131 @@ def decode_telemetry(payload: bytes, topic: Topic, now_ms: int) -> TelemetryWind
         raise Rejected("timestamp", f"window ends ({t1}) before it starts ({t0})")
     _check_time("t1", t1, now_ms)
     _check_time("t0", t0, now_ms)
-    fields = _decode_fields(message.get("fields"))
-    workloads = _decode_workloads(message.get("workloads"))
-    gpus_raw = message.get("gpus")
-    if not isinstance(gpus_raw, list) or len(gpus_raw) > MAX_GPUS:
-        raise Rejected("limits", f"'gpus' must be a list of at most {MAX_GPUS}")
-    gpus = tuple(_decode_gpu(g, len(fields), workloads) for g in gpus_raw)
-    return TelemetryWindow(topic.cluster, topic.node, seq, t0, t1, fields, gpus, workloads)
+    return seq, t0, t1
+
+
+# Field id lists already decoded (see _VALID_FIELDS): ids -> names.
+_FIELD_NAMES: dict[tuple[int, ...], tuple[str, ...]] = {}
+
+
+def _decode_field_ids(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or len(raw) > MAX_FIELDS:
+        raise Rejected("limits", f"'fields' must be a list of at most {MAX_FIELDS} field ids")
+    if all(type(i) is int for i in raw):
+        names = _FIELD_NAMES.get(tuple(raw))
+        if names is not None:
+            return names
+    if not all(type(i) is int and 0 < i <= 0xFFFF for i in raw):
+        raise Rejected("schema", "'fields' must hold field ids 1..65535")
+    if len(set(raw)) != len(raw):
+        raise Rejected("schema", "'fields' repeats a field id")
+    known = gpu_window_field_by_wire_id()
+    names = tuple(known[i].name if i in known else f"{UNKNOWN_FIELD_PREFIX}{i}" for i in raw)
+    if len(_FIELD_NAMES) < _VALID_FIELDS_MAX:
+        _FIELD_NAMES[tuple(raw)] = names
+    return names
+
+
+def _decode_models(raw: Any) -> list[str]:
+    if not isinstance(raw, list) or len(raw) > MAX_GPUS:
+        raise Rejected("limits", f"'models' must be a list of at most {MAX_GPUS} names")
+    for model in raw:
+        _check_name("model", model, _MODEL)
+    return raw
+
+
+def _decode_workload_list(raw: Any) -> tuple[list[str], dict[str, dict[str, str | int]]]:
+    """'workloads' as [[key, identity], ...]: the keys by position, and the identities by key."""
+    if not isinstance(raw, list) or len(raw) > MAX_WORKLOADS:
+        raise Rejected("limits", f"'workloads' must be a list of at most {MAX_WORKLOADS} entries")
+    workloads: dict[str, dict[str, str | int]] = {}
+    for entry in raw:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise Rejected("schema", "a workload must be [key, identity]")
+        key, identity = entry
+        workloads[key] = _decode_identity(key, identity)
+    if len(workloads) != len(raw):
+        raise Rejected("schema", "'workloads' repeats a key")
+    return list(workloads), workloads
+
+
+def _decode_gpu_row(raw: Any, field_count: int, models: list[str], keys: list[str]) -> GpuWindow:
+    if not isinstance(raw, list) or len(raw) not in (6, 7):
+        raise Rejected("schema", "a GPU must be [index, uuid, model#, values, holders, owners, mig]")
+    index, uuid, model, values, holders, owners = raw[:6]
+    if type(index) is not int or not 0 <= index < MAX_GPUS:
+        raise Rejected("schema", f"GPU index {str(index)[:20]!r} is not 0..{MAX_GPUS - 1}")
+    if type(uuid) is not str or uuid not in _VALID_UUIDS:  # (a list would not even hash)
+        _check_name("uuid", uuid, _UUID)
+        _remember(_VALID_UUIDS, uuid)
+    if type(model) is not int or not 0 <= model < len(models):
+        raise Rejected("schema", f"GPU {index} model# {str(model)[:20]!r} is not a position in 'models'")
+    if not isinstance(values, list) or len(values) != field_count:
+        raise Rejected("schema", f"GPU {index} has {_len(values)} values for {field_count} fields")
+    if not isinstance(holders, list) or len(holders) > 3 * MAX_HOLDERS or len(holders) % 3:
+        raise Rejected("limits", f"GPU {index} holders must be a list of at most {MAX_HOLDERS} triples")
+    if not isinstance(owners, list) or len(owners) > MAX_HOLDERS:
+        raise Rejected("limits", f"GPU {index} owners must be a list of at most {MAX_HOLDERS}")
+    return GpuWindow(
+        index,
+        uuid,
+        models[model],
+        _check_values(values),
+        _decode_holder_triples(holders, keys) if holders else (),
+        tuple([keys[owner] for owner in owners]) if _are_positions(owners, keys) else (),
+        _decode_mig(raw[6]) if len(raw) > 6 else None,
+    )
+
+
+# GPU UUIDs already found valid: the same GPUs come back every window. Bounded, emptied when full.
+_VALID_UUIDS: set[Any] = set()
+_VALID_MAX = 1 << 18
+
+
+def _remember(valid: set[Any], value: Any) -> None:
+    if len(valid) >= _VALID_MAX:
+        valid.clear()
+    valid.add(value)
+
+
+def _are_positions(numbers: list[Any], keys: list[str]) -> bool:
+    """Whether `numbers` are all positions in `keys`; raises (via _workload_at) naming a bad one."""
+    if not numbers:
+        return False
+    if set(map(type, numbers)) == {int} and 0 <= min(numbers) and max(numbers) < len(keys):
+        return True
+    for number in numbers:
+        _workload_at(keys, number)
+    return True  # unreachable: a bad number raised
+
+
+def _decode_holder_triples(flat: list[Any], keys: list[str]) -> tuple[Holder, ...]:
+    """[workload#, sm_util_centi, mem_bytes, ...] into Holders; the common case checked in C."""
+    if len(flat) == 3:  # one workload on the GPU: the usual case, checked without slicing
+        number, sm_util, mem = flat
+        if type(number) is not int or not 0 <= number < len(keys):
+            _workload_at(keys, number)
+        return (_holder(keys[number], sm_util, mem),)
+    numbers, sm_utils, memories = flat[0::3], flat[1::3], flat[2::3]
+    _are_positions(numbers, keys)
+    if _within(sm_utils, 10_000) and _within(memories, MAX_HOLDER_MEMORY):
+        return tuple(map(Holder, [keys[n] for n in numbers], sm_utils, memories))
+    return tuple(_holder(keys[n], sm, mem) for n, sm, mem in zip(numbers, sm_utils, memories))
+
+
+def _within(values: list[Any], top: int) -> bool:
+    """Every value None or an int in 0..top (bool excluded)."""
+    kinds = set(map(type, values))
+    if not kinds <= _INT_OR_NONE:
+        return False
+    present = [v for v in values if v is not None] if _NONE in kinds else values
+    return not present or (0 <= min(present) and max(present) <= top)
+
+
+def _workload_at(keys: list[str], number: Any) -> str:
+    if type(number) is not int or not 0 <= number < len(keys):
+        raise Rejected("schema", f"workload# {str(number)[:20]!r} is not a position in 'workloads'")
+    return keys[number]
 
 
 def encode_stored(seqs: list[int]) -> bytes:

@@ -4,8 +4,10 @@ with for a reason the operator can fix is a ReportError (or ConfigError) with on
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +73,22 @@ class ReportRun:
     sources: str = ""
 
 
+@contextlib.contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    """A month of a large fleet is millions of small dicts and rows, none in a reference cycle.
+    Python's cycle collector would walk all of them again and again as more are made, and find
+    nothing: with it, the report of 200 tenants spent more time there than in its own work.
+    Memory is still freed by reference counting; cycles, if any, wait until the end."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@_without_cycle_collection()
 def run_report(
     config: ReportConfig,
     *,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import fnmatch
+import functools
 import json
 import math
 from collections import defaultdict
@@ -54,6 +55,7 @@ def floor_hour(time_ns: int) -> int:
     return time_ns - time_ns % HOUR_NS
 
 
+@functools.lru_cache(maxsize=1 << 14)  # rows are hours: a year of them, each formatted once
 def day_of(time_ns: int) -> str:
     """The UTC date of a timestamp, as `YYYY-MM-DD`."""
     return datetime.fromtimestamp(time_ns / 1e9, UTC).strftime("%Y-%m-%d")
@@ -556,15 +558,20 @@ def _days(rows: list[UsageRow], start_ns: int, end_ns: int, prices: PriceList) -
 
 
 def _workloads(rows: list[UsageRow]) -> Iterable[Workload]:
-    seen: dict[str, list[Any]] = {}
-    hours: dict[str, set[int]] = defaultdict(set)
+    """Each workload with its identity as first seen, its first and last hour and the hours it
+    was seen in. In time order, an hour is new to a workload when it differs from its last."""
+    seen: dict[str, list[Any]] = {}  # key -> [identity, first hour, last hour, hours]
     for row in sorted(rows, key=lambda r: r.start_ns):
+        hour = row.start_ns
         for key, identity in row.workloads.items():
-            entry = seen.setdefault(key, [identity, row.start_ns, row.start_ns])
-            entry[2] = row.start_ns
-            hours[key].add(row.start_ns)
-    for key, (identity, first, last) in sorted(seen.items()):
-        yield Workload(key, identity if isinstance(identity, dict) else {"value": identity}, first, last, len(hours[key]))
+            entry = seen.get(key)
+            if entry is None:
+                seen[key] = [identity, hour, hour, 1]
+            elif entry[2] != hour:
+                entry[2] = hour
+                entry[3] += 1
+    for key, (identity, first, last, hours) in sorted(seen.items()):
+        yield Workload(key, identity if isinstance(identity, dict) else {"value": identity}, first, last, hours)
 
 
 # --- the fleet chargeback and its reconciliation ---------------------------------------------
@@ -642,9 +649,12 @@ def chargeback(
     sources: str = "",
 ) -> Chargeback:
     """Every tenant's report (with `unallocated`), their total, and the checks against the meter."""
-    names = sorted({row.tenant for row in rows} | {UNALLOCATED})
+    by_tenant: dict[str, list[UsageRow]] = {UNALLOCATED: []}
+    for row in rows:  # once, rather than every tenant's report reading every row
+        by_tenant.setdefault(row.tenant, []).append(row)
     reports = tuple(
-        tenant_report(name, start_ns, end_ns, rows, prices, references, cluster=cluster, sources=sources) for name in names
+        tenant_report(name, start_ns, end_ns, by_tenant[name], prices, references, cluster=cluster, sources=sources)
+        for name in sorted(by_tenant)
     )
     total = figures(rows, prices, references)
     meter = meter_figures(meters, prices, references)

@@ -138,9 +138,12 @@ def _replace_hours(db: InfluxQL, start_ns: int, end_ns: int, rows: list[UsageRow
     counts: dict[int, int] = {}
     for row in rows:
         counts[row.start_ns] = counts.get(row.start_ns, 0) + 1
-    db.write(
-        f"{MARKER} version={ROLLUP_VERSION}i,rows={counts.get(hour, 0)}i {hour}" for hour in range(start_ns, end_ns, HOUR_NS)
-    )
+    db.write(marker_line(hour, counts.get(hour, 0)) for hour in range(start_ns, end_ns, HOUR_NS))
+
+
+def marker_line(hour_ns: int, tenant_rows: int) -> str:
+    """The point that says an hour's rollup is complete (written last, after its rows)."""
+    return f"{MARKER} version={ROLLUP_VERSION}i,rows={tenant_rows}i {hour_ns}"
 
 
 def _float(value: float) -> str:

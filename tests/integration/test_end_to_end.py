@@ -86,7 +86,7 @@ def test_bad_messages_are_counted_by_reason_and_good_ones_still_land(
     collector = start_collector()
     topic = f"gpufleet/v1/{cluster_name}/n1/telemetry"
     # (An oversized payload never reaches us: Mosquitto's max_packet_size refuses it; wire tests cover it.)
-    for payload in (b"\xc1 not msgpack", b"\x81\xa1v\x02"):
+    for payload in (b"\xc1 not msgpack", b"\x81\xa1v\x09"):
         publish.single(topic, payload, qos=1, hostname="127.0.0.1", port=int(mosquitto.url.rsplit(":", 1)[1]))
     plan = FleetPlan(cluster_name, 1, 2, Cadence(sample_ms=100, publish_ms=100), 2)
     assert asyncio.run(run_fleet(plan, BrokerAddress.parse(mosquitto.url))).complete

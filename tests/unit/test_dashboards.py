@@ -161,8 +161,8 @@ def test_every_catalogue_gpu_field_has_a_panel_on_the_node_dashboard(boards):
 
 
 def test_a_new_catalogue_field_gets_a_panel_without_code(boards):
-    new = Metric("gpu", "util_jpeg_pct", "%", 0.01, "util_jpeg_pct", 1, "mean", None, "Mean JPEG decoder utilisation")
-    odd = Metric("gpu", "c2c_tx_bytes", "By", 1, "c2c_tx_bytes", 1, "delta", None, "Bytes over the C2C link")
+    new = Metric("gpu", "util_jpeg_pct", "%", 0.01, 90, "util_jpeg_pct", 1, "mean", None, "Mean JPEG decoder utilisation")
+    odd = Metric("gpu", "c2c_tx_bytes", "By", 1, 91, "c2c_tx_bytes", 1, "delta", None, "Bytes over the C2C link")
     board = json.loads(json.dumps(panels.node([*panels.gpu_metrics(), new, odd]).to_json_data(), cls=_encoder()))
     rows = [p for p in board["panels"] if p["type"] == "row"]
     by_title = {p["title"]: p for p in panels.iter_panels(board)}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from gpufleet import wire
-from gpufleet.catalogue import gpu_window_field_by_name
+from gpufleet.catalogue import gpu_window_field_by_name, gpu_window_fields
 from gpufleet.collector.pipeline import Pipeline
 from gpufleet.collector.tenants import TenantRules
 
@@ -249,6 +250,21 @@ def telemetry_messages(draw: st.DrawFn) -> dict[str, Any]:
     return message
 
 
+def as_v2(message: dict[str, Any]) -> dict[str, Any]:
+    """The same telemetry in version 2's form: field ids, models and workloads by position."""
+    ids = {m.name: m.wire_id for m in gpu_window_fields()}
+    keys = list(message.get("workloads", {}))
+    models = sorted({gpu[2] for gpu in message["gpus"]})
+    rows = []
+    for gpu in message["gpus"]:
+        holders = [x for key, sm, mem in gpu[4] for x in (keys.index(key), sm, mem)]
+        rows.append([gpu[0], gpu[1], models.index(gpu[2]), gpu[3], holders, [keys.index(k) for k in gpu[5]], *gpu[6:]])
+    return {
+        **message, "v": 2, "fields": [ids.get(name, 1000 + n) for n, name in enumerate(message["fields"])],
+        "models": models, "workloads": [[key, message["workloads"][key]] for key in keys], "gpus": rows,
+    }
+
+
 @st.composite
 def event_messages(draw: st.DrawFn) -> dict[str, Any]:
     return {
@@ -421,6 +437,9 @@ def test_valid_messages_of_every_kind_are_accepted() -> None:
     def run(telemetry: dict[str, Any], event: dict[str, Any], state: dict[str, Any]) -> None:
         for message, kind in ((telemetry, "telemetry"), (event, "events"), (state, "state")):
             lines, rejection = checked.pipeline.handle(topic_of(message, kind), msgpack.packb(message), NOW)
+            if kind == "telemetry" and rejection is None:
+                v2 = zlib.compress(msgpack.packb(as_v2(message)))
+                assert checked.pipeline.handle(topic_of(message, kind), v2, NOW)[0] == lines
             if rejection is not None and not (kind == "telemetry" and rejection.reason == "bad_value"):
                 raise AssertionError(f"{kind} rejected: {rejection}\n{message}")
 
@@ -435,7 +454,8 @@ def test_mutated_telemetry_never_escapes_and_is_counted_once() -> None:
     @settings(FUZZ, max_examples=TELEMETRY_EXAMPLES)
     @given(telemetry_messages(), st.integers(0, 2**32 - 1))
     def run(base: dict[str, Any], seed: int) -> None:
-        run_mutants(checked, base, "telemetry", seed, TELEMETRY_MUTANTS)
+        # Both versions: 2 is what agents send, 1 what an upgraded collector still reads from spools.
+        run_mutants(checked, as_v2(base) if seed % 2 else base, "telemetry", seed, TELEMETRY_MUTANTS)
 
     run()
     assert checked.messages >= TELEMETRY_EXAMPLES * TELEMETRY_MUTANTS
@@ -497,6 +517,7 @@ def test_raw_and_bit_flipped_bytes_never_escape() -> None:
         rng = random.Random(seed)
         kinds = [(telemetry, "telemetry"), (event, "events"), (state, "state")]
         valid = [msgpack.packb(message) for message, _ in kinds]
+        valid.append(zlib.compress(msgpack.packb(as_v2(telemetry))))  # what agents send: inflated first
         for _ in range(BYTES_MUTANTS):
             message, kind = rng.choice(kinds)
             checked(topic_of(message, kind), _byte_mutant(rng, valid))

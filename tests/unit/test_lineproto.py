@@ -19,13 +19,20 @@ def test_gpu_point_has_sorted_tags_scaled_floats_ints_and_window_start_in_ns():
     window = one_gpu(["power_w", "temp_gpu_c", "util_gpu_pct"], [312460, 61, 9550])
     assert lines(window) == [
         r"gpu,cluster=c1,gpu=2,model=NVIDIA\ H100\ 80GB\ HBM3,node=n1,uuid=GPU-ab "
-        "power_w=312.46,temp_gpu_c=61i,util_gpu_pct=95.5,seq=5i,window_s=10.0 1767225590000000000"
+        "power_w=312460e-3,temp_gpu_c=61i,util_gpu_pct=9550e-2,seq=5i,window_s=10.0 1767225590000000000"
     ]
+
+
+def test_scaled_floats_are_the_same_doubles_as_their_decimal_form():
+    """`312460e-3` is read (Go ParseFloat, Rust f64 parse, Python float) as the double nearest
+    312.46, the same one `312.46` gives: the wire integer and its exponent lose nothing."""
+    for value, divisor in [(312460, 1000), (9550, 100), (1, 1000), (-1500, 1000), (2**53 - 1, 1000), (7, 100)]:
+        assert float(f"{value}{lineproto.value_suffix(divisor)}") == float(repr(value / divisor))
 
 
 def test_absent_values_are_left_out_not_zero():
     window = one_gpu(["power_w", "temp_mem_c"], [70000, None], model="T4")
-    assert lines(window) == ["gpu,cluster=c1,gpu=2,model=T4,node=n1,uuid=GPU-ab power_w=70.0,seq=5i,window_s=10.0 1767225590000000000"]
+    assert lines(window) == ["gpu,cluster=c1,gpu=2,model=T4,node=n1,uuid=GPU-ab power_w=70000e-3,seq=5i,window_s=10.0 1767225590000000000"]
 
 
 def test_unknown_fields_are_skipped_and_reported():

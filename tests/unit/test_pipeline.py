@@ -13,7 +13,7 @@ NOW = 1_767_225_600_000
 def telemetry(node="n1", gpus=2) -> bytes:
     return wire.encode_telemetry(
         wire.TelemetryWindow(
-            "c1", node, 1, NOW - 1000, NOW, ("power_w", "mystery_field"),
+            "c1", node, 1, NOW - 1000, NOW, ("power_w", "wire_id_999"),
             tuple(wire.GpuWindow(i, f"GPU-{i}", "T4", (70000, 5)) for i in range(gpus)),
         )
     )
@@ -24,7 +24,7 @@ def test_telemetry_becomes_one_line_per_gpu_and_unknown_fields_are_counted():
     lines, rejection = pipeline.handle("gpufleet/v1/c1/n1/telemetry", telemetry(), NOW)
     assert rejection is None
     assert [line.split(",")[0] for line in lines] == ["gpu", "gpu", "tenant_usage", "tenant_usage"]
-    assert "mystery_field" not in lines[0]
+    assert "wire_id_999" not in lines[0]
     assert pipeline.counters.gpu_windows == 2 and pipeline.counters.unknown_fields == 1
 
 
@@ -93,14 +93,14 @@ def test_a_gpu_window_is_split_among_tenants_to_the_last_millisecond_and_millijo
     usage = [line for line in lines if line.startswith("tenant_usage")]
     ts = f" {(NOW - 10_000) * 1_000_000}"
     assert usage == [
-        "tenant_usage,cluster=c1,gpu=0,model=H100,node=n1,tenant=lab-a gpu_s=7.5,busy_gpu_s=6.75,idle_gpu_s=0.75,"
-        f'energy_j=2250.75,peak_mem_bytes=10i,uuid="GPU-0",workloads={JOB_JSON}{ts}',
-        "tenant_usage,cluster=c1,gpu=0,model=H100,node=n1,tenant=lab-b gpu_s=2.5,busy_gpu_s=2.25,idle_gpu_s=0.25,"
-        f'energy_j=750.25,peak_mem_bytes=5i,uuid="GPU-0",workloads={POD_JSON}{ts}',
-        "tenant_usage,cluster=c1,gpu=1,model=H100,node=n1,tenant=lab-a gpu_s=10.0,busy_gpu_s=0.0,idle_gpu_s=10.0,"
-        f'energy_j=700.0,uuid="GPU-1",workloads={JOB_JSON}{ts}',
-        "tenant_usage,cluster=c1,gpu=2,model=H100,node=n1,tenant=unallocated gpu_s=10.0,busy_gpu_s=0.0,idle_gpu_s=10.0,"
-        f'energy_j=700.0,uuid="GPU-2",workloads="{{}}"{ts}',
+        "tenant_usage,cluster=c1,gpu=0,model=H100,node=n1,tenant=lab-a gpu_s=7500e-3,busy_gpu_s=6750e-3,idle_gpu_s=750e-3,"
+        f'energy_j=2250750e-3,peak_mem_bytes=10i,uuid="GPU-0",workloads={JOB_JSON}{ts}',
+        "tenant_usage,cluster=c1,gpu=0,model=H100,node=n1,tenant=lab-b gpu_s=2500e-3,busy_gpu_s=2250e-3,idle_gpu_s=250e-3,"
+        f'energy_j=750250e-3,peak_mem_bytes=5i,uuid="GPU-0",workloads={POD_JSON}{ts}',
+        "tenant_usage,cluster=c1,gpu=1,model=H100,node=n1,tenant=lab-a gpu_s=10000e-3,busy_gpu_s=0e-3,idle_gpu_s=10000e-3,"
+        f'energy_j=700000e-3,uuid="GPU-1",workloads={JOB_JSON}{ts}',
+        "tenant_usage,cluster=c1,gpu=2,model=H100,node=n1,tenant=unallocated gpu_s=10000e-3,busy_gpu_s=0e-3,idle_gpu_s=10000e-3,"
+        f'energy_j=700000e-3,uuid="GPU-2",workloads="{{}}"{ts}',
     ]
 
 

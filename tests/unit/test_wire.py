@@ -1,5 +1,7 @@
 """The wire contract: exact topics, round trips, and one test per rejection reason."""
 
+import zlib
+
 import msgpack
 import pytest
 
@@ -29,7 +31,8 @@ def window(**changes) -> TelemetryWindow:
 
 
 def raw(**changes) -> dict:
-    message = msgpack.unpackb(wire.encode_telemetry(window()))
+    """The version 2 map of window(), changed; decode() sends it uncompressed, which is also read."""
+    message = msgpack.unpackb(zlib.decompress(wire.encode_telemetry(window())))
     message.update(changes)
     return message
 
@@ -60,13 +63,60 @@ def test_telemetry_round_trips_with_absent_values_kept_absent():
 
 def test_encoding_is_exact_bytes():
     small = window(fields=("power_w",), gpus=(GpuWindow(0, "GPU-a", "T4", (70000,)),), workloads={})
-    assert wire.encode_telemetry(small) == (
-        b"\x88\xa1v\x01\xa7cluster\xa2c1\xa4node\xa2n1\xa3seq\x07"
+    encoded = wire.encode_telemetry(small)
+    assert encoded[:1] == b"x"  # zlib, RFC 1950
+    assert zlib.decompress(encoded) == (
+        b"\x8a\xa1v\x02\xa7cluster\xa2c1\xa4node\xa2n1\xa3seq\x07"
         b"\xa2t0\xcf\x00\x00\x01\x9b\x76\xda\x80\xf0"  # uint64 1767225590000
         b"\xa2t1\xcf\x00\x00\x01\x9b\x76\xda\xa8\x00"  # uint64 1767225600000
-        b"\xa6fields\x91\xa7power_w"
-        b"\xa4gpus\x91\x96\x00\xa5GPU-a\xa2T4\x91\xce\x00\x01\x11\x70\x90\x90"  # [0, uuid, model, [70000], [], []]
+        b"\xa6fields\x91\x01"  # power_w is wire_id 1
+        b"\xa6models\x91\xa2T4\xa9workloads\x90"
+        b"\xa4gpus\x91\x96\x00\xa5GPU-a\x00\x91\xce\x00\x01\x11\x70\x90\x90"  # [0, uuid, model#0, [70000], [], []]
     )
+
+
+def test_version_1_is_still_read():
+    """Windows an older agent spooled before an upgrade: field names, workloads by key, no zlib."""
+    v1 = {
+        "v": 1, "cluster": "c1", "node": "n1", "seq": 7, "t0": NOW - 10_000, "t1": NOW,
+        "fields": ["power_w", "energy_j", "temp_gpu_c"],
+        "gpus": [
+            [0, "GPU-abc", "NVIDIA H100 80GB HBM3", [312460, 3124600, 61], [["slurm:1", 9500, 1 << 30]], []],
+            [1, "GPU-def", "NVIDIA H100 80GB HBM3", [70000, None, 35], [], ["slurm:1"]],
+        ],
+        "workloads": {"slurm:1": {"kind": "slurm_job", "job": "1", "account": "lab-a"}},
+    }
+    assert wire.decode_telemetry(msgpack.packb(v1), TOPIC, NOW) == window()
+
+
+def test_unknown_field_ids_decode_as_placeholders():
+    decoded = decode(raw(fields=[1, 4, 999]))
+    assert decoded.fields == ("power_w", "energy_j", "wire_id_999")
+
+
+def test_field_ids_are_unique_and_every_window_field_has_one():
+    from gpufleet.catalogue import gpu_window_fields
+
+    ids = [m.wire_id for m in gpu_window_fields()]
+    assert None not in ids and len(set(ids)) == len(ids)
+    # Given out for good: a renumbered field would be read as another by older collectors.
+    assert {m.name: m.wire_id for m in gpu_window_fields()}["power_w"] == 1
+    assert {m.name: m.wire_id for m in gpu_window_fields()}["nvlink_crc_errors"] == 40
+
+
+def test_a_zlib_bomb_is_refused_without_inflating_it():
+    bomb = zlib.compress(b"\x00" * (wire.MAX_MESSAGE_BYTES * 4), 9)
+    assert len(bomb) < 10_000
+    with pytest.raises(Rejected) as caught:
+        wire.decode_telemetry(bomb, TOPIC, NOW)
+    assert caught.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("payload", [b"x\x9c", b"x\x9cgarbage", zlib.compress(b"\x80") + b"tail"])
+def test_broken_zlib_is_malformed(payload):
+    with pytest.raises(Rejected) as caught:
+        wire.decode_telemetry(payload, TOPIC, NOW)
+    assert caught.value.reason == "malformed"
 
 
 def test_event_and_state_round_trip():
@@ -109,7 +159,8 @@ def test_too_large():
 
 
 def test_wrong_version():
-    assert reason(raw(v=2)) == "version"
+    assert reason(raw(v=3)) == "version"
+    assert reason(raw(v=True)) == "version"
 
 
 def test_node_or_cluster_disagreeing_with_topic():
@@ -117,17 +168,31 @@ def test_node_or_cluster_disagreeing_with_topic():
     assert reason(raw(cluster="c2")) == "topic_mismatch"
 
 
+def row(values=(1, 2, 3), *, index=0, uuid="GPU-a", model=0, holders=(), owners=()) -> list:
+    """A version 2 GPU row for window()'s three fields."""
+    return [index, uuid, model, list(values), list(holders), list(owners)]
+
+
+def test_a_valid_row_passes():
+    """The rows below differ from this one in one place each: each rejection is for that reason."""
+    assert decode(raw(gpus=[row(holders=[0, 100, 1 << 20], owners=[0])])).gpus[0].holders[0].workload == "slurm:1"
+
+
 def test_schema_errors():
     assert reason(raw(seq="7")) == "schema"
     assert reason(raw(seq=True)) == "schema"
     assert reason(raw(t0=None)) == "schema"
-    assert reason(raw(gpus=[[0, "GPU-a", "T4", [1, 2]]])) == "schema"  # 2 values for 3 fields
-    assert reason(raw(gpus=[[999, "GPU-a", "T4", [1, 2, 3]]])) == "schema"
-    assert reason(raw(fields=["power_w", "power_w", "x"])) == "schema"
-    holder_of_unknown = [[0, "GPU-a", "T4", [1, 2, 3], [["slurm:404", None, None]]]]
-    assert reason(raw(gpus=holder_of_unknown)) == "schema"
-    owner_of_unknown = [[0, "GPU-a", "T4", [1, 2, 3], [], ["slurm:404"]]]
-    assert reason(raw(gpus=owner_of_unknown)) == "schema"
+    assert reason(raw(gpus=[row(values=[1, 2])])) == "schema"  # 2 values for 3 fields
+    assert reason(raw(gpus=[row(index=999)])) == "schema"
+    assert reason(raw(gpus=[row()[:4]])) == "schema"  # no holders, no owners
+    assert reason(raw(gpus=[row(model=1)])) == "schema"  # one model only
+    assert reason(raw(fields=[1, 1, 5])) == "schema"
+    assert reason(raw(fields=[1, 4, "temp_gpu_c"])) == "schema"
+    assert reason(raw(gpus=[row(holders=[1, None, None])])) == "schema"  # workload# 1 of 1
+    assert reason(raw(gpus=[row(owners=[1])])) == "schema"
+    assert reason(raw(gpus=[row(owners=["slurm:1"])])) == "schema"  # a key, not a position
+    assert reason(raw(workloads=[["slurm:1", {}], ["slurm:1", {}]])) == "schema"
+    assert reason(raw(workloads=[["slurm:1"]])) == "schema"
 
 
 def test_timestamps():
@@ -137,27 +202,43 @@ def test_timestamps():
 
 
 def test_limits():
-    assert reason(raw(gpus=[[0, "GPU-a", "T4", [1, 2, 3]]] * (wire.MAX_GPUS + 1))) == "limits"
-    assert reason(raw(fields=[f"f{i}" for i in range(wire.MAX_FIELDS + 1)])) == "limits"
+    assert reason(raw(gpus=[row()] * (wire.MAX_GPUS + 1))) == "limits"
+    assert reason(raw(fields=list(range(1, wire.MAX_FIELDS + 2)))) == "limits"
+    assert reason(raw(gpus=[row(holders=[0, None])])) == "limits"  # not whole triples
+    assert reason(raw(gpus=[row(owners=[0] * (wire.MAX_HOLDERS + 1))])) == "limits"
+    assert reason(raw(workloads={"slurm:1": {}})) == "limits"  # a map: version 1's form
 
 
 def test_values_must_be_64_bit_integers():
-    assert reason(raw(gpus=[[0, "GPU-a", "T4", [1.5, 2, 3]]])) == "bad_value"
-    assert reason(raw(gpus=[[0, "GPU-a", "T4", [1 << 63, 2, 3]]])) == "bad_value"
-    assert reason(raw(gpus=[[0, "GPU-a", "T4", ["1", 2, 3]]])) == "bad_value"
+    assert reason(raw(gpus=[row(values=[1.5, 2, 3])])) == "bad_value"
+    assert reason(raw(gpus=[row(values=[1 << 63, 2, 3])])) == "bad_value"
+    assert reason(raw(gpus=[row(values=["1", 2, 3])])) == "bad_value"
+    assert reason(raw(gpus=[row(holders=[0, 10_001, None])])) == "bad_value"
+    assert reason(raw(gpus=[row(holders=[0, None, -1])])) == "bad_value"
 
 
 def test_hostile_model_and_uuid_are_refused():
-    assert reason(raw(gpus=[[0, "GPU-a", "T4\nx=1", [1, 2, 3]]])) == "bad_name"
-    assert reason(raw(gpus=[[0, "GPU a,b=c", "T4", [1, 2, 3]]])) == "bad_name"
-    assert reason(raw(gpus=[[0, "GPU-a", "T" * 200, [1, 2, 3]]])) == "bad_name"
+    assert reason(raw(models=["T4\nx=1"])) == "bad_name"
+    assert reason(raw(models=["T" * 200])) == "bad_name"
+    assert reason(raw(gpus=[row(uuid="GPU a,b=c")])) == "bad_name"
 
 
 def test_hostile_identity_values_are_refused():
-    workloads = {"slurm:1": {"account": "a\nb"}}
-    assert reason(raw(workloads=workloads)) == "bad_name"
-    assert reason(raw(workloads={"slurm:1": {"account": "x" * 10_000}})) == "bad_name"
+    assert reason(raw(workloads=[["slurm:1", {"account": "a\nb"}]])) == "bad_name"
+    assert reason(raw(workloads=[["slurm:1", {"account": "x" * 10_000}]])) == "bad_name"
+    assert reason(raw(workloads=[["slurm 1", {}]])) == "bad_name"
 
 
 def test_every_rejection_reason_is_documented_once():
     assert len(set(wire.REJECT_REASONS)) == len(wire.REJECT_REASONS)
+
+
+def test_a_cached_valid_identity_does_not_let_an_equal_value_of_another_type_through():
+    decode(raw(workloads=[["slurm:1", {"uid": 1}]]))  # valid, and now remembered
+    assert reason(raw(workloads=[["slurm:1", {"uid": True}]])) == "bad_value"
+    assert reason(raw(workloads=[["slurm:1", {"uid": 1.0}]])) == "bad_value"
+
+
+def test_a_cached_valid_uuid_is_still_checked_in_another_type():
+    decode(raw(gpus=[row(uuid="GPU-1")]))
+    assert reason(raw(gpus=[row(uuid=b"GPU-1")])) == "bad_name"

@@ -1,0 +1,115 @@
+"""The fast path (collector/telemetry.py, through Pipeline) writes exactly what the readable
+definition writes: attribute.attribute + attribute.by_tenant + lineproto, on random windows,
+cold and with its plans warm."""
+
+from fractions import Fraction
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpufleet import wire
+from gpufleet.collector import lineproto
+from gpufleet.collector.attribute import UNALLOCATED, attribute, by_tenant
+from gpufleet.collector.pipeline import Pipeline
+from gpufleet.collector.tenants import TenantRules
+
+NOW = 1_767_225_600_000
+RULES = TenantRules.from_toml(
+    """
+[tenants]
+default = "nobody-matched"
+[[tenants.rule]]
+tenant = "lab-a"
+match = { slurm_account = "acct-a" }
+[[tenants.rule]]
+tenant = "lab-b"
+match = { k8s_namespace = "team-b" }
+[[tenants.rule]]
+tenant = "unallocated"
+match = { slurm_account = "acct-u" }
+"""
+)
+FIELDS = ("power_w", "energy_j", "util_gpu_pct", "temp_gpu_c", "wire_id_999")
+IDENTITIES = {
+    "slurm:1": {"kind": "slurm_job", "job": "1", "account": "acct-a"},
+    "slurm:2": {"kind": "slurm_job", "job": "2", "account": "acct-a"},
+    "slurm:3": {"kind": "slurm_job", "job": "3", "account": "acct-u"},  # billed to "unallocated" by rule
+    "k8s:p": {"kind": "k8s_pod", "namespace": "team-b", "pod_uid": "p"},
+    "unit:x": {"kind": "systemd_unit", "unit": "x.service"},  # matches no rule: the default tenant
+}
+KEYS = sorted(IDENTITIES)
+
+values = st.tuples(
+    st.none() | st.integers(0, 10**6),
+    st.none() | st.integers(0, 10**7),
+    st.none() | st.sampled_from([5, 15, 25, 50, 9_950]) | st.integers(0, 10_000),  # halves of a ms, with the windows below
+    st.none() | st.integers(0, 120),
+    st.none() | st.integers(-5, 5),
+)
+holders = st.lists(
+    st.builds(wire.Holder, st.sampled_from(KEYS), st.none() | st.integers(0, 10_000), st.none() | st.integers(0, 1 << 40)),
+    max_size=4,
+)
+
+
+@st.composite
+def windows(draw: st.DrawFn) -> wire.TelemetryWindow:
+    gpus = tuple(
+        wire.GpuWindow(index, f"GPU-{index}", draw(st.sampled_from(["H100", "T4"])), draw(values), tuple(draw(holders)),
+                       tuple(draw(st.lists(st.sampled_from(KEYS), max_size=2))))
+        for index in range(draw(st.integers(1, 4)))
+    )
+    t1 = NOW - draw(st.integers(0, 10**6))
+    window_ms = draw(st.sampled_from([1000, 10_000, 3]) | st.integers(1, 20_000))
+    return wire.TelemetryWindow("c1", "n1", 3, t1 - window_ms, t1, FIELDS, gpus, dict(IDENTITIES))
+
+
+def reference_lines(window: wire.TelemetryWindow) -> list[str]:
+    """What the readable definition writes for a window without MIG instances."""
+    plan, _ = lineproto.field_plan(window.fields)
+    lines = lineproto.gpu_lines(window, plan)
+    window_ms = window.t1_ms - window.t0_ms
+    for gpu in window.gpus:
+        energy, util = gpu.values[1], gpu.values[2]
+        shares = attribute(window_ms, energy, None if util is None else Fraction(util, 100), list(gpu.holders), gpu.owners)
+        tenant_of = {
+            s.workload_key: RULES.tenant_for(window.workloads[s.workload_key], gpu.uuid, window.node)
+            for s in shares
+            if s.workload_key != UNALLOCATED
+        }
+        for share in by_tenant(shares, tenant_of.__getitem__):
+            billed = {key: window.workloads[key] for key, tenant in tenant_of.items() if tenant == share.tenant}
+            lines.append(lineproto.tenant_usage_line(window, gpu, share, billed))
+    return lines
+
+
+@settings(max_examples=300, deadline=None)
+@given(windows())
+def test_the_fast_path_writes_what_the_definition_writes(window: wire.TelemetryWindow) -> None:
+    pipeline = Pipeline(lambda: RULES)
+    payload = wire.encode_telemetry(window)
+    expected = reference_lines(window)
+    for _ in range(2):  # cold, then with every plan and format made
+        lines, rejection = pipeline.handle(wire.telemetry_topic("c1", "n1"), payload, NOW)
+        assert rejection is None
+        assert lines == expected
+
+
+def test_a_changed_identity_or_rule_set_finds_no_stale_plan() -> None:
+    gpu = wire.GpuWindow(0, "GPU-0", "H100", (1000, 5000, 5000, 50, None), (wire.Holder("slurm:1", 100, None),))
+    window = wire.TelemetryWindow("c1", "n1", 3, NOW - 10_000, NOW, FIELDS, (gpu,), {"slurm:1": IDENTITIES["slurm:1"]})
+    moved = wire.TelemetryWindow(
+        "c1", "n1", 4, NOW - 10_000, NOW, FIELDS, (gpu,), {"slurm:1": {**IDENTITIES["slurm:1"], "account": "acct-u"}}
+    )
+    rules = [RULES]
+    pipeline = Pipeline(lambda: rules[0])
+    topic = wire.telemetry_topic("c1", "n1")
+
+    def tenants(w: wire.TelemetryWindow) -> list[str]:
+        lines = pipeline.handle(topic, wire.encode_telemetry(w), NOW)[0]
+        return [line.split("tenant=")[1].split(" ")[0] for line in lines if line.startswith("tenant_usage")]
+
+    assert tenants(window) == ["lab-a"]
+    assert tenants(moved) == ["unallocated"]  # same job key, new account: a new plan
+    rules[0] = TenantRules.from_toml('[[tenants.rule]]\ntenant = "lab-z"\nmatch = { slurm_account = "acct-a" }\n')
+    assert tenants(window) == ["lab-z"]  # reloaded rules: new tenants at once
