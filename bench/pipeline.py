@@ -143,13 +143,15 @@ async def publish_and_wait(
             return published, None
 
 
-def start_collector(broker: str, influx: localstack.InfluxDB, db: str, log_path: Path) -> subprocess.Popen:
-    args = [
-        *localstack.collector_argv(
-            broker, influx.url, db, "bench-collector", group="bench", tenants_file=fleetdata.TENANTS_FILE,
-            extra=("--batch-lines", str(BATCH_LINES)),
-        ),
-    ]
+def start_collector(
+    broker: str, influx: localstack.InfluxDB, db: str, log_path: Path, profile: str | None = None
+) -> subprocess.Popen:
+    args = localstack.collector_argv(
+        broker, influx.url, db, "bench-collector", group="bench", tenants_file=fleetdata.TENANTS_FILE,
+        extra=("--batch-lines", str(BATCH_LINES)),
+    )
+    if profile:  # cProfile of the event loop's thread (InfluxDB writes run in a worker thread)
+        args = [args[0], "-m", "cProfile", "-o", profile, *args[1:]]
     env = {**os.environ, "GPUFLEET_INFLUX_TOKEN": "bench"}
     process = subprocess.Popen(args, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 30
@@ -181,6 +183,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16, help="MQTT connections publishing")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for every point")
+    parser.add_argument("--profile", metavar="FILE", help="run the collector under cProfile, stats to FILE")
     args = parser.parse_args()
 
     now_ms = int(time.time() * 1000)
@@ -208,7 +211,7 @@ def main() -> int:
             assert ceiling_stored == gpu_windows, f"ceiling stored {ceiling_stored} of {gpu_windows} gpu points"
 
             influx.create_database("collector")
-            collector = start_collector(broker.url, influx, "collector", Path(tmp) / "collector.log")
+            collector = start_collector(broker.url, influx, "collector", Path(tmp) / "collector.log", args.profile)
             try:
                 cpu0 = cpu_seconds(collector.pid)
                 influx_cpu0 = cpu_seconds(influxd) + cpu_seconds(nginx)

@@ -72,6 +72,7 @@ class Collector:
         self.flush_rounds = 0  # progress of the flush loop: what the systemd watchdog is fed from
         self.lines_refused = 0  # lines InfluxDB refused for good (400): counted, never retried
         self.write_retries = 0
+        self.failure: BaseException | None = None  # why a task of run() ended on its own, if one did
         self._broker = broker
         self._writer = writer
         self._options = options
@@ -84,6 +85,7 @@ class Collector:
         # (buffer position of its last line, message, (cluster, node, seq) if a window)
         self._unacked: deque[tuple[int, Received, tuple[str, str, int] | None]] = deque()
         self._stored: dict[tuple[str, str], list[int]] = {}  # windows stored since the last confirmation
+        self._confirmed_at = 0.0  # time.monotonic() of the last confirmation round
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop`; then take no more messages, write out what is buffered (bounded by
@@ -92,7 +94,16 @@ class Collector:
         receive = asyncio.create_task(self._receive(stop), name="collector.receive")
         report = asyncio.create_task(self._report(stop), name="collector.report")
         flush = asyncio.create_task(self._flush(stop), name="collector.flush")
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait(), name="collector.stopping")
+        done, _ = await asyncio.wait({stopping, receive, report, flush}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping not in done:
+            # A task ended by itself: a bug. Without this the flush loop would go on feeding the
+            # systemd watchdog while nothing is received; instead, drain, exit non-zero, be restarted.
+            stopping.cancel()
+            crashed = next(iter(done))
+            self.failure = crashed.exception() or RuntimeError(f"{crashed.get_name()} returned")
+            log.critical("%s stopped: %r; draining and exiting", crashed.get_name(), self.failure, exc_info=self.failure)
+            stop.set()
         self._draining = True
         report.cancel()
         self.buffer.extend([self._stats_line()])
@@ -102,7 +113,7 @@ class Collector:
         except TimeoutError:
             log.error("gave up writing %d buffered lines after %.0f s", len(self.buffer), self._options.drain_timeout_s)
         receive.cancel()
-        await asyncio.gather(receive, report, return_exceptions=True)
+        await asyncio.gather(receive, report, flush, return_exceptions=True)
 
     # ---------------------------------------------------------------------------------- receive
 
@@ -208,7 +219,11 @@ class Collector:
             backoff.reset()
         self.buffer.commit(len(batch))
         self._ack_written()
-        await self._confirm_stored()
+        # Under load batches follow each other closely: confirm once per flush interval (or when
+        # the buffer runs dry), not per batch, so that a node gets one message a second, not dozens.
+        if not len(self.buffer) or time.monotonic() - self._confirmed_at >= self._options.flush_interval_s:
+            self._confirmed_at = time.monotonic()
+            await self._confirm_stored()
         return True
 
     # ----------------------------------------------------------------------------------- report

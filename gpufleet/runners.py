@@ -252,4 +252,6 @@ def run_collector(settings: cfg.CollectorConfig) -> int:
         "stopped: %d points written, %d lines refused, %d dropped, %d still buffered",
         collector.points_written, collector.lines_refused, collector.buffer.dropped, len(collector.buffer),
     )
+    if collector.failure is not None:
+        return 3  # a bug stopped it: systemd's Restart= brings it back, the log has the traceback
     return 0 if not len(collector.buffer) else 1

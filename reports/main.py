@@ -22,6 +22,7 @@ from .settings import ReportConfig
 
 Format = Literal["html", "pdf", "csv", "json"]
 FORMATS: tuple[Format, ...] = ("html", "pdf", "csv", "json")
+SHOWS_WORKLOADS = ("html", "pdf", "json")  # CSV has figures only: its reports read no workload lists
 CHARGEBACK_FILE = "chargeback.csv"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -121,7 +122,10 @@ def run_report(
     db = connect(config)
     run = ReportRun()
     try:
-        got = collect(db, start_ns, end_ns, cluster=config.cluster, tenant=tenant, use_rollup=use_rollup)
+        got = collect(
+            db, start_ns, end_ns, cluster=config.cluster, tenant=tenant, use_rollup=use_rollup,
+            with_workloads=fmt in SHOWS_WORKLOADS,
+        )
     except InfluxError as exc:
         raise ReportError(str(exc)) from None
     run.sources = got.sources

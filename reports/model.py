@@ -34,6 +34,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 UNALLOCATED = "unallocated"
@@ -416,24 +417,29 @@ def cost_of(gpu_s_by_model: Mapping[str, float], energy_j: float | None, prices:
     return Cost(gpu, energy, unpriced)
 
 
+def _hours(rows: list[UsageRow], seconds: Callable[[UsageRow], float]) -> float:
+    # map with an attrgetter runs in C: a month of 200 tenants sums millions of row fields here.
+    return math.fsum(map(seconds, rows)) / S_PER_HOUR
+
+
 def figures(rows: Iterable[UsageRow], prices: PriceList, references: Sequence[PriceList] = ()) -> Figures:
     rows = list(rows)
     by_model: dict[str, float] = defaultdict(float)
     for row in rows:
         by_model[row.model] += row.gpu_s
-    energy_j = _sum_opt(row.energy_j for row in rows)
+    energy_j = _sum_opt(map(attrgetter("energy_j"), rows))
     incidents = distinct_incidents(rows)
     counts = {kind: sum(1 for i in incidents if i.kind == kind) for kind in INCIDENT_KINDS}
     return Figures(
-        gpu_hours=math.fsum(row.gpu_s for row in rows) / S_PER_HOUR,
-        busy_gpu_hours=math.fsum(row.busy_gpu_s for row in rows) / S_PER_HOUR,
-        idle_gpu_hours=math.fsum(row.idle_gpu_s for row in rows) / S_PER_HOUR,
+        gpu_hours=_hours(rows, attrgetter("gpu_s")),
+        busy_gpu_hours=_hours(rows, attrgetter("busy_gpu_s")),
+        idle_gpu_hours=_hours(rows, attrgetter("idle_gpu_s")),
         energy_kwh=None if energy_j is None else energy_j / J_PER_KWH,
-        peak_mem_bytes=_max_opt(row.peak_mem_bytes for row in rows),
-        throttle_thermal_hours=math.fsum(row.throttle_thermal_s for row in rows) / S_PER_HOUR,
-        throttle_power_hours=math.fsum(row.throttle_power_s for row in rows) / S_PER_HOUR,
-        throttle_hw_slowdown_hours=math.fsum(row.throttle_hw_slowdown_s for row in rows) / S_PER_HOUR,
-        faulted_gpu_hours=math.fsum(row.faulted_gpu_s for row in rows) / S_PER_HOUR,
+        peak_mem_bytes=_max_opt(map(attrgetter("peak_mem_bytes"), rows)),
+        throttle_thermal_hours=_hours(rows, attrgetter("throttle_thermal_s")),
+        throttle_power_hours=_hours(rows, attrgetter("throttle_power_s")),
+        throttle_hw_slowdown_hours=_hours(rows, attrgetter("throttle_hw_slowdown_s")),
+        faulted_gpu_hours=_hours(rows, attrgetter("faulted_gpu_s")),
         incidents=counts,
         cost=cost_of(by_model, energy_j, prices),
         reference_costs={ref.name: cost_of(by_model, energy_j, ref) for ref in references},

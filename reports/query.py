@@ -4,7 +4,8 @@ influxdb-client speaks only Flux/v2 and cannot run InfluxQL.
 
 Answers are asked for in MessagePack (InfluxDB >= 1.4): for a month of rollup rows with their
 workload lists, InfluxDB spends about a quarter of the CPU it needs for JSON and the answer reads
-here four times faster. A server that answers JSON anyway is read as JSON.
+here four times faster. A server that answers JSON anyway is read as JSON. Rows come chunked, so
+that a long answer is turned into rows here while InfluxDB is still encoding the rest of it.
 
 Also the report-side InfluxQL builders (`time_range`, `tag_is`); escaping itself is
 gpufleet/influxql.py, shared with the dashboards.
@@ -13,12 +14,13 @@ gpufleet/influxql.py, shared with the dashboards.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
 
 import msgpack
 
@@ -29,6 +31,11 @@ __all__ = ["InfluxError", "InfluxQL", "ident", "literal", "tag_is", "time_range"
 HTTP_TIMEOUT_S = 120.0  # a month of a large fleet is aggregated server-side; give it time
 WRITE_BATCH_LINES = 5000
 MSGPACK = "application/x-msgpack"
+# Rows per chunk of a streamed answer: a few MB with the rollup's workload lists, and never more
+# than the MessagePack reader's buffer even at InfluxDB's 64 KiB per string.
+CHUNK_ROWS = 1000
+READ_BYTES = 1 << 20
+MAX_CHUNK_BYTES = 1 << 30
 
 
 class InfluxError(RuntimeError):
@@ -73,7 +80,16 @@ class InfluxQL:
 
     def rows(self, influxql: str) -> list[dict[str, Any]]:
         """Every row of every series as one dict: the columns (with `time` in ns) and the GROUP BY tags."""
-        return rows_of(self.results(influxql))
+        return list(self.stream_rows(influxql))
+
+    def stream_rows(self, influxql: str) -> Iterator[dict[str, Any]]:
+        """`rows`, one chunk of the answer at a time, as InfluxDB sends them; raises InfluxError on
+        any error (also one that InfluxDB reports after the first chunks)."""
+        form = {"q": influxql, "db": self.database, "epoch": "ns", "chunked": "true", "chunk_size": str(CHUNK_ROWS)}
+        body = urllib.parse.urlencode(form).encode()
+        with self._open("/query", body, "application/x-www-form-urlencoded", accept=MSGPACK) as response:
+            for answer in _answers(response, response.headers.get("Content-Type", "")):
+                yield from rows_of(_checked(answer, influxql))
 
     def results(self, influxql: str) -> list[dict[str, Any]]:
         """InfluxDB's `results` list for one or more statements; raises InfluxError on any error.
@@ -84,13 +100,7 @@ class InfluxQL:
         parsed = _decode(answer, answer_type)
         if parsed is None:
             raise InfluxError(f"InfluxDB answered something that is neither MessagePack nor JSON to {influxql[:200]!r}")
-        if "error" in parsed:
-            raise InfluxError(f"InfluxDB refused {influxql[:200]!r}: {parsed['error']}")
-        results: list[dict[str, Any]] = parsed.get("results", [])
-        for result in results:
-            if "error" in result:
-                raise InfluxError(f"InfluxDB refused {influxql[:200]!r}: {result['error']}")
-        return results
+        return _checked(parsed, influxql)
 
     def write(self, lines: Iterable[str]) -> int:
         """Write line-protocol lines (ns timestamps) in batches; the number of lines written."""
@@ -112,6 +122,14 @@ class InfluxQL:
 
     def _post(self, path: str, body: bytes, content_type: str, *, accept: str | None = None) -> tuple[bytes, str]:
         """The answer's body and Content-Type."""
+        with self._open(path, body, content_type, accept=accept) as response:
+            try:
+                return response.read(), response.headers.get("Content-Type", "")
+            except (OSError, http.client.HTTPException) as exc:
+                raise InfluxError(f"InfluxDB at {self.base_url} broke off its answer: {exc!r}") from None
+
+    def _open(self, path: str, body: bytes, content_type: str, *, accept: str | None = None) -> Any:
+        """The HTTP response (a context manager), or InfluxError."""
         request = urllib.request.Request(self.base_url + path, data=body, method="POST")
         request.add_header("Content-Type", content_type)
         if accept:
@@ -119,14 +137,42 @@ class InfluxQL:
         if self._auth:
             request.add_header("Authorization", self._auth)
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
-                return response.read(), response.headers.get("Content-Type", "")
+            return urllib.request.urlopen(request, timeout=self._timeout_s)
         except urllib.error.HTTPError as exc:
             detail = _error_text(exc.read(), exc.headers.get("Content-Type", ""))
             raise InfluxError(f"InfluxDB at {self.base_url} answered HTTP {exc.code} to {path.split('?')[0]}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise InfluxError(f"InfluxDB at {self.base_url} unreachable: {reason}") from None
+
+
+def _checked(answer: dict[str, Any], influxql: str) -> list[dict[str, Any]]:
+    """The `results` of one answer (or chunk), or InfluxError with InfluxDB's message."""
+    if "error" in answer:
+        raise InfluxError(f"InfluxDB refused {influxql[:200]!r}: {answer['error']}")
+    results: list[dict[str, Any]] = answer.get("results", [])
+    for result in results:
+        if "error" in result:
+            raise InfluxError(f"InfluxDB refused {influxql[:200]!r}: {result['error']}")
+    return results
+
+
+def _answers(stream: IO[bytes], content_type: str) -> Iterator[dict[str, Any]]:
+    """The objects of a chunked answer, each as soon as it has arrived: MessagePack objects one
+    after another, or JSON objects one a line."""
+    try:
+        if content_type.startswith(MSGPACK):
+            objects: Iterator[Any] = msgpack.Unpacker(stream, raw=False, read_size=READ_BYTES, max_buffer_size=MAX_CHUNK_BYTES)
+        else:
+            objects = (json.loads(line) for line in stream if line.strip())
+        for answer in objects:
+            if not isinstance(answer, dict):
+                raise ValueError(f"a {type(answer).__name__} where an object belongs")
+            yield answer
+    except (OSError, http.client.HTTPException) as exc:
+        raise InfluxError(f"InfluxDB broke off its answer: {exc!r}") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise InfluxError(f"InfluxDB answered something that is neither MessagePack nor JSON: {exc}") from None
 
 
 def _decode(answer: bytes, content_type: str) -> dict[str, Any] | None:

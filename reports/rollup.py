@@ -53,12 +53,18 @@ def ceil_hour(time_ns: int) -> int:
 
 
 def live_rows(
-    db: InfluxQL, start_ns: int, end_ns: int, *, cluster: str | None = None, tenant: str | None = None
+    db: InfluxQL,
+    start_ns: int,
+    end_ns: int,
+    *,
+    cluster: str | None = None,
+    tenant: str | None = None,
+    with_workloads: bool = True,
 ) -> tuple[list[UsageRow], list[MeterRow]]:
     """Rows of [start_ns, end_ns) computed from tenant_usage, gpu and gpu_event.
 
     Every tenant is computed (a throttling split needs all holders of a GPU); `tenant` only
-    narrows the workload lists read."""
+    narrows the workload lists read, and without `with_workloads` none are (rows without them)."""
     if end_ns <= start_ns:
         return [], []
     where = time_range(start_ns, end_ns) + tag_is("cluster", cluster)
@@ -75,7 +81,7 @@ def live_rows(
     workloads = db.rows(
         f"SELECT distinct(workloads) FROM tenant_usage WHERE {where}{tag_is('tenant', tenant)} "
         "GROUP BY time(1h), cluster, model, tenant fill(none)"
-    )
+    ) if with_workloads else []
     events = db.rows(
         f"SELECT code, detail FROM gpu_event WHERE {time_range(start_ns, end_ns + MAX_WINDOW_NS)}"
         f"{tag_is('cluster', cluster)} GROUP BY cluster, node, gpu, kind"
@@ -213,16 +219,56 @@ def rolled_up_hours(db: InfluxQL, start_ns: int, end_ns: int) -> set[int]:
     return {row["time"] for row in rows if row.get("version") == ROLLUP_VERSION}
 
 
+# The rollup's columns but `workloads`: what a report that shows no workloads (CSV) reads.
+_WITHOUT_WORKLOADS = (
+    "cluster", "model", "tenant", "gpu_s", "busy_gpu_s", "idle_gpu_s", "energy_j", "peak_mem_bytes", "windows",
+    *THROTTLE_FIELDS, "faulted_gpu_s", "incidents",
+)
+
+
 def read_rollup(
-    db: InfluxQL, hours: set[int], *, cluster: str | None = None, tenant: str | None = None
+    db: InfluxQL,
+    hours: set[int],
+    *,
+    cluster: str | None = None,
+    tenant: str | None = None,
+    with_workloads: bool = True,
 ) -> tuple[list[UsageRow], list[MeterRow]]:
+    """The rollup rows of `hours`; without `with_workloads`, rows without their workload lists,
+    which are most of the bytes of a month."""
     if not hours:
         return [], []
     where = time_range(min(hours), max(hours) + HOUR_NS) + tag_is("cluster", cluster)
-    usage = db.rows(f"SELECT * FROM {ident(TENANT_HOURLY)} WHERE {where}{tag_is('tenant', tenant)}")
+    columns = "*" if with_workloads else ", ".join(map(ident, _WITHOUT_WORKLOADS))
+    usage = db.stream_rows(f"SELECT {columns} FROM {ident(TENANT_HOURLY)} WHERE {where}{tag_is('tenant', tenant)}")
+    parsed = _ParsedJson()
+    rows = [_usage_row(r, parsed) for r in usage if r["time"] in hours]
     meters = db.rows(f"SELECT * FROM {ident(FLEET_HOURLY)} WHERE {where}")
-    rows = [_usage_row(r) for r in usage if r["time"] in hours]
     return rows, [_meter_row(r) for r in meters if r["time"] in hours]
+
+
+class _ParsedJson:
+    """The rollup's JSON texts, each parsed once: a tenant's workload list that did not change
+    from one hour to the next, and every empty list, come back many times in a month. Rows that
+    share a text share the parsed value (rows are read, never changed)."""
+
+    def __init__(self) -> None:
+        self._workloads: dict[str, dict[str, Any]] = {}
+        self._incidents: dict[str, tuple[Incident, ...]] = {}
+
+    def workloads(self, text: str | None) -> dict[str, Any]:
+        text = text or "{}"
+        found = self._workloads.get(text)
+        if found is None:
+            found = self._workloads[text] = json.loads(text)
+        return found
+
+    def incidents(self, text: str | None) -> tuple[Incident, ...]:
+        text = text or "[]"
+        found = self._incidents.get(text)
+        if found is None:
+            found = self._incidents[text] = tuple(Incident.from_json(item) for item in json.loads(text))
+        return found
 
 
 def _f(row: dict[str, Any], name: str) -> float:
@@ -230,14 +276,14 @@ def _f(row: dict[str, Any], name: str) -> float:
     return 0.0 if value is None else float(value)
 
 
-def _usage_row(r: dict[str, Any]) -> UsageRow:
+def _usage_row(r: dict[str, Any], parsed: _ParsedJson | None = None) -> UsageRow:
+    parsed = parsed or _ParsedJson()
+    energy, peak = r.get("energy_j"), r.get("peak_mem_bytes")
     return UsageRow(
         r["time"], r["cluster"], r["model"], r["tenant"], _f(r, "gpu_s"), _f(r, "busy_gpu_s"), _f(r, "idle_gpu_s"),
-        None if r.get("energy_j") is None else float(r["energy_j"]),
-        None if r.get("peak_mem_bytes") is None else int(r["peak_mem_bytes"]),
-        int(r.get("windows") or 0), *(_f(r, name) for name in THROTTLE_FIELDS), _f(r, "faulted_gpu_s"),
-        json.loads(r.get("workloads") or "{}"),
-        tuple(Incident.from_json(item) for item in json.loads(r.get("incidents") or "[]")),
+        None if energy is None else float(energy), None if peak is None else int(peak), int(r.get("windows") or 0),
+        _f(r, "throttle_thermal_s"), _f(r, "throttle_power_s"), _f(r, "throttle_hw_slowdown_s"), _f(r, "faulted_gpu_s"),
+        parsed.workloads(r.get("workloads")), parsed.incidents(r.get("incidents")),
     )
 
 
@@ -287,14 +333,16 @@ def collect(
     cluster: str | None = None,
     tenant: str | None = None,
     use_rollup: bool = True,
+    with_workloads: bool = True,
 ) -> Collected:
     """All rows of [start_ns, end_ns): the rollup where it is complete, live elsewhere.
-    With `tenant`, only that tenant's usage rows come back (meters are always the fleet's)."""
+    With `tenant`, only that tenant's usage rows come back (meters are always the fleet's);
+    without `with_workloads`, rows without their workload lists."""
     rolled = rolled_up_hours(db, start_ns, end_ns) if use_rollup else set()
-    rows, meters = read_rollup(db, rolled, cluster=cluster, tenant=tenant)
+    rows, meters = read_rollup(db, rolled, cluster=cluster, tenant=tenant, with_workloads=with_workloads)
     spans = live_spans(start_ns, end_ns, rolled)
     for span_start, span_end in spans:
-        more, more_meters = live_rows(db, span_start, span_end, cluster=cluster, tenant=tenant)
+        more, more_meters = live_rows(db, span_start, span_end, cluster=cluster, tenant=tenant, with_workloads=with_workloads)
         rows += more
         meters += more_meters
     if tenant is not None:
