@@ -19,7 +19,8 @@ Figures, all from this one run (the machine is shared; compare ratios, not absol
                    (Pipeline.handle) took in this process on the same messages
   wire             MQTT payload bytes per GPU-window (and with PUBLISH framing)
   ceiling          the exact lines the collector writes, made beforehand by the same Pipeline,
-                   POSTed in batches of 5000 to the same nginx front, one connection, into a fresh
+                   POSTed in batches of 5000 to the same nginx front, on two connections at once
+                   (the collector keeps two batches in flight), into a fresh
                    database; measured first, so the collector's run pays any compaction it leaves
 Prints figures; exits 1 only if the collector did not store every point.
 """
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import fleetdata
@@ -45,7 +47,8 @@ from gpufleet import localstack, wire
 from gpufleet.collector.pipeline import Pipeline
 from gpufleet.mqtt import BrokerAddress, MqttLink
 
-BATCH_LINES = 5000  # the collector's default batch_lines, so both sides write alike
+BATCH_LINES = 5000  # the collector's default batch_lines and parallel_writes, so both sides write alike
+PARALLEL_WRITES = 2
 CLUSTER = "bench"
 
 
@@ -80,20 +83,25 @@ def expected_lines(messages: list[tuple[str, bytes]], now_ms: int) -> tuple[list
 
 
 def bulk_load(influx: localstack.InfluxDB, db: str, lines: list[str]) -> float:
-    """Seconds to POST `lines` in batches through the nginx front, on one keep-alive connection."""
+    """Seconds to POST `lines` in batches through the nginx front, on PARALLEL_WRITES keep-alive
+    connections at once (as many as the collector keeps in flight), each taking every n-th batch."""
     bodies = ["\n".join(lines[i : i + BATCH_LINES]).encode() for i in range(0, len(lines), BATCH_LINES)]
-    connection = http.client.HTTPConnection(influx.host, influx.nginx_port, timeout=60)
     path = f"/api/v2/write?org=gpufleet&bucket={db}&precision=ns"
+
+    def post_every(offset: int) -> None:
+        connection = http.client.HTTPConnection(influx.host, influx.nginx_port, timeout=60)
+        for body in bodies[offset::PARALLEL_WRITES]:
+            connection.request("POST", path, body, {"Content-Type": "text/plain; charset=utf-8"})
+            response = connection.getresponse()
+            answer = response.read()
+            if response.status != 204:
+                raise SystemExit(f"InfluxDB refused a batch: HTTP {response.status} {answer[:300]!r}")
+        connection.close()
+
     start = time.perf_counter()
-    for body in bodies:
-        connection.request("POST", path, body, {"Content-Type": "text/plain; charset=utf-8"})
-        response = connection.getresponse()
-        answer = response.read()
-        if response.status != 204:
-            raise SystemExit(f"InfluxDB refused a batch: HTTP {response.status} {answer[:300]!r}")
-    elapsed = time.perf_counter() - start
-    connection.close()
-    return elapsed
+    with ThreadPoolExecutor(PARALLEL_WRITES) as pool:
+        list(pool.map(post_every, range(PARALLEL_WRITES)))
+    return time.perf_counter() - start
 
 
 def count(influx: localstack.InfluxDB, db: str, measurement: str, field: str) -> int:
@@ -148,7 +156,7 @@ def start_collector(
 ) -> subprocess.Popen:
     args = localstack.collector_argv(
         broker, influx.url, db, "bench-collector", group="bench", tenants_file=fleetdata.TENANTS_FILE,
-        extra=("--batch-lines", str(BATCH_LINES)),
+        extra=("--batch-lines", str(BATCH_LINES), "--parallel-writes", str(PARALLEL_WRITES)),
     )
     if profile:  # cProfile of the event loop's thread (InfluxDB writes run in a worker thread)
         args = [args[0], "-m", "cProfile", "-o", profile, *args[1:]]

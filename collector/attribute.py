@@ -68,10 +68,10 @@ def apportion(
     keys = sorted(weights)
     scaled = _integer_weights({key: weights[key] for key in keys})
     key_caps = None if caps is None else [caps[key] for key in keys]
-    return dict(zip(keys, _hamilton(total, [scaled[key] for key in keys], key_caps)))
+    return dict(zip(keys, hamilton(total, [scaled[key] for key in keys], key_caps)))
 
 
-def _hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> list[int]:
+def hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> list[int]:
     """apportion on integer weights listed in key order; ties on the remainder go to the lower
     position, that is the smaller key. Lists and plain loops, not dicts or comprehensions: the
     collector calls this three times a GPU-window, mostly for two or three keys."""
@@ -226,9 +226,9 @@ def attribute(
     keys = sorted(weights)
     scaled = _integer_weights({key: weights[key] for key in keys})  # ints already, but for Fractions
     units = [scaled[key] for key in keys]
-    gpu = _hamilton(window_ms, units)
-    busy_split = _hamilton(busy, units, caps=gpu) if busy is not None else None
-    energy_split = _hamilton(energy_mj, units) if energy_mj is not None else None
+    gpu = hamilton(window_ms, units)
+    busy_split = hamilton(busy, units, caps=gpu) if busy is not None else None
+    energy_split = hamilton(energy_mj, units) if energy_mj is not None else None
     return [
         Share(
             key,

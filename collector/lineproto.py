@@ -35,7 +35,7 @@ def tag(value: str) -> str:
 
 # Models, clusters and tenants are few and come back in every message; GPU UUIDs and node names
 # are too many for a small cache and go through tag() itself.
-_tag_few = lru_cache(maxsize=1024)(tag)
+tag_few = lru_cache(maxsize=1024)(tag)
 
 
 def string_field(value: str) -> str:
@@ -85,7 +85,7 @@ def gpu_lines(window: TelemetryWindow, plan: list[tuple[int, str, int | None]]) 
     """One `gpu` point per GPU of the window, stamped with the window's start."""
     timestamp = window.t0_ms * _NS_PER_MS
     window_s = (window.t1_ms - window.t0_ms) / 1000
-    head = f"gpu,cluster={_tag_few(window.cluster)},gpu="
+    head = f"gpu,cluster={tag_few(window.cluster)},gpu="
     node = f",node={tag(window.node)},uuid="
     trailer = f"seq={window.seq}i,window_s={window_s!r} {timestamp}"
     # The readable definition; collector/telemetry.py makes the same bytes faster.
@@ -95,7 +95,7 @@ def gpu_lines(window: TelemetryWindow, plan: list[tuple[int, str, int | None]]) 
         values = gpu.values
         fields = [f"{name}{value}{suffix}" for name, pos, suffix in named if (value := values[pos]) is not None]
         fields.append(trailer)
-        lines.append(f"{head}{gpu.tag},model={_tag_few(gpu.model)}{node}{tag(gpu.uuid)} {','.join(fields)}")
+        lines.append(f"{head}{gpu.tag},model={tag_few(gpu.model)}{node}{tag(gpu.uuid)} {','.join(fields)}")
     return lines
 
 
@@ -125,8 +125,8 @@ def tenant_usage_line(
 def tenant_usage_line_with(window: TelemetryWindow, gpu: GpuWindow, share: TenantShare, workloads_text: str) -> str:
     """tenant_usage_line with the workloads field made beforehand: a job on 8 GPUs has one text."""
     tags = (
-        f",cluster={_tag_few(window.cluster)},gpu={gpu.tag},model={_tag_few(gpu.model)},node={tag(window.node)}"
-        f",tenant={_tag_few(share.tenant)}"
+        f",cluster={tag_few(window.cluster)},gpu={gpu.tag},model={tag_few(gpu.model)},node={tag(window.node)}"
+        f",tenant={tag_few(share.tenant)}"
     )
     fields = [f"gpu_s={thousandths(share.gpu_ms)}"]
     if share.busy_ms is not None:

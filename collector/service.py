@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 class CollectorOptions:
     client_id: str
     group: str = "gpufleet"
+    cluster: str = "+"
     batch_lines: int = 5000
+    parallel_writes: int = 2  # batches in flight to InfluxDB at once
     flush_interval_s: float = 1.0
     max_buffer_lines: int = 2_000_000
     stats_interval_s: float = 10.0
@@ -136,10 +138,10 @@ class Collector:
         link = MqttLink(self._broker, self._options.client_id, tls=self._tls, manual_ack=True)
         async with link:
             self._link = link
-            await link.subscribe(wire.subscription(self._options.group))
+            await link.subscribe(wire.subscription(self._options.group, self._options.cluster))
             backoff.reset()
             self.subscribed.set()
-            log.info("subscribed to %s on %s", wire.subscription(self._options.group), self._broker)
+            log.info("subscribed to %s on %s", wire.subscription(self._options.group, self._options.cluster), self._broker)
             try:
                 async for message in link.messages():
                     self._accept(message)
@@ -195,36 +197,55 @@ class Collector:
             self._wake_flush.clear()
             self.flush_rounds += 1
             while len(self.buffer):
-                if not await self._write_one_batch(backoff):
+                if not await self._write_batches(backoff):
                     break
             if stop.is_set() and not len(self.buffer):
                 return
 
-    async def _write_one_batch(self, backoff: Backoff) -> bool:
-        batch = self.buffer.peek(self._options.batch_lines)
-        try:
-            # InfluxDB's HTTP write blocks; a worker thread keeps the loop receiving meanwhile.
-            await asyncio.to_thread(self._writer.write, batch)
-        except WriteFailed as exc:
-            if exc.retryable:
-                self.write_retries += 1
-                delay = backoff.next()
-                log.warning("waiting for InfluxDB (%s); %d lines buffered; retrying in %.1f s", exc, len(self.buffer), delay)
-                await asyncio.sleep(delay)
-                return False
-            log.error("InfluxDB refused a batch of %d lines: %s", len(batch), exc)
-            self.lines_refused += len(batch)
-        else:
-            self.points_written += len(batch)
-            backoff.reset()
-        self.buffer.commit(len(batch))
-        self._ack_written()
+    async def _write_batches(self, backoff: Backoff) -> bool:
+        """Up to `parallel_writes` batches at once, oldest first; committed in order, so that a
+        message is acknowledged only when every line before it is stored too. False: wait, retry."""
+        size = self._options.batch_lines
+        lines = self.buffer.peek(size * self._options.parallel_writes)
+        batches = [lines[i : i + size] for i in range(0, len(lines), size)]
+        # InfluxDB's HTTP write blocks; worker threads keep the loop receiving meanwhile, and
+        # InfluxDB parses concurrent requests on several cores.
+        outcomes = await asyncio.gather(*(asyncio.to_thread(self._write, batch) for batch in batches))
+        done = 0
+        for batch, failure in zip(batches, outcomes):
+            if failure is not None and failure.retryable:
+                # What follows it may be stored already: it is written again with it, and
+                # InfluxDB keeps one point per series and time, so nothing is doubled.
+                break
+            if failure is not None:
+                log.error("InfluxDB refused a batch of %d lines: %s", len(batch), failure)
+                self.lines_refused += len(batch)
+            else:
+                self.points_written += len(batch)
+            done += len(batch)
+        if done:
+            self.buffer.commit(done)
+            self._ack_written()
+        if done < len(lines):
+            self.write_retries += 1
+            delay = backoff.next()
+            log.warning("waiting for InfluxDB (%s); %d lines buffered; retrying in %.1f s", failure, len(self.buffer), delay)
+            await asyncio.sleep(delay)
+            return False
+        backoff.reset()
         # Under load batches follow each other closely: confirm once per flush interval (or when
         # the buffer runs dry), not per batch, so that a node gets one message a second, not dozens.
         if not len(self.buffer) or time.monotonic() - self._confirmed_at >= self._options.flush_interval_s:
             self._confirmed_at = time.monotonic()
             await self._confirm_stored()
         return True
+
+    def _write(self, batch: list[str]) -> WriteFailed | None:
+        try:
+            self._writer.write(batch)
+        except WriteFailed as exc:
+            return exc
+        return None
 
     # ----------------------------------------------------------------------------------- report
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from gpufleet.wire import GpuWindow, Rejected, TelemetryWindow
 
 from . import lineproto
-from .attribute import UNALLOCATED, _hamilton
+from .attribute import UNALLOCATED, hamilton
 
 _NS_PER_MS = 1_000_000
 MAX_PLANS = 1 << 18  # ~0.5 kB each: a 200,000-GPU fleet's plans fit in ~130 MB; full means start over
@@ -77,6 +77,7 @@ class TelemetryLines:
 
     def __init__(self) -> None:
         self._plans: dict[tuple, GpuPlan] = {}
+        self._tags: dict[tuple, GpuTags] = {}
         self._formats: dict[tuple[str, ...], FieldFormat] = {}
 
     def forget(self) -> None:
@@ -100,10 +101,21 @@ class TelemetryLines:
         key = (window.cluster, window.node, gpu.index, gpu.uuid, gpu.model, holder_keys, gpu.owners, parties)
         found = self._plans.get(key)
         if found is None:
-            found = _make_plan(window, gpu, holder_keys, dict(zip(involved, parties)))
+            found = _make_plan(self._gpu_tags(window, gpu), holder_keys, dict(zip(involved, parties)))
             if len(self._plans) >= MAX_PLANS:
                 self._plans = {}
             self._plans[key] = found
+        return found
+
+    def _gpu_tags(self, window: TelemetryWindow, gpu: GpuWindow) -> GpuTags:
+        """A GPU's escaped tags, kept apart from its plans: a new job on it needs a new plan only."""
+        key = (window.cluster, window.node, gpu.index, gpu.uuid, gpu.model)
+        found = self._tags.get(key)
+        if found is None:
+            found = GpuTags.of(window, gpu)
+            if len(self._tags) >= MAX_PLANS:
+                self._tags = {}
+            self._tags[key] = found
         return found
 
     def gpu_line(self, window_tail: str, plan: GpuPlan, fields: FieldFormat, gpu: GpuWindow) -> str:
@@ -159,9 +171,9 @@ def _split(plan: GpuPlan, gpu: GpuWindow, window_ms: int, busy: int | None, ener
         weights = sm if sum(sm) > 0 else [m or 0 for m in memory]
     if count == 1:
         return [(window_ms, busy, energy_mj, memory[0])]
-    gpu_ms = _hamilton(window_ms, weights)
-    busy_ms = _hamilton(busy, weights, caps=gpu_ms) if busy is not None else [None] * count
-    energy = _hamilton(energy_mj, weights) if energy_mj is not None else [None] * count
+    gpu_ms = hamilton(window_ms, weights)
+    busy_ms = hamilton(busy, weights, caps=gpu_ms) if busy is not None else [None] * count
+    energy = hamilton(energy_mj, weights) if energy_mj is not None else [None] * count
     return list(zip(gpu_ms, busy_ms, energy, memory))
 
 
@@ -188,23 +200,35 @@ def _tenant_line(
     return f"{head}gpu_s={gpu_ms}e-3{busy}{energy}{peak},{tail}{stamp}"
 
 
-def _make_plan(
-    window: TelemetryWindow, gpu: GpuWindow, holder_keys: tuple[str, ...], parties: dict[str, tuple[str, str]]
-) -> GpuPlan:
+@dataclass(frozen=True, slots=True)
+class GpuTags:
+    gpu_head: str  # `gpu,<tags> `
+    tenant_head: str  # `tenant_usage,<tags but tenant>,tenant=`
+    uuid_field: str  # `uuid="<uuid>",workloads=`
+
+    @classmethod
+    def of(cls, window: TelemetryWindow, gpu: GpuWindow) -> GpuTags:
+        cluster, model, node = lineproto.tag(window.cluster), lineproto.tag(gpu.model), lineproto.tag(window.node)
+        return cls(
+            gpu_head=f"gpu,cluster={cluster},gpu={gpu.tag},model={model},node={node},uuid={lineproto.tag(gpu.uuid)} ",
+            tenant_head=f"tenant_usage,cluster={cluster},gpu={gpu.tag},model={model},node={node},tenant=",
+            uuid_field=f"uuid={lineproto.string_field(gpu.uuid)},workloads=",
+        )
+
+
+def _make_plan(tags: GpuTags, holder_keys: tuple[str, ...], parties: dict[str, tuple[str, str]]) -> GpuPlan:
     keys = tuple(sorted(parties)) or (UNALLOCATED,)
     # attribute.by_tenant: the UNALLOCATED share stays UNALLOCATED whatever the rules say
     tenant_of_key = {key: UNALLOCATED if key == UNALLOCATED else parties[key][0] for key in keys}
     tenants = sorted(set(tenant_of_key.values()))
-    cluster, model, node = lineproto.tag(window.cluster), lineproto.tag(gpu.model), lineproto.tag(window.node)
     tenant_lines = []
     for tenant in tenants:
         pieces = [parties[key][1] for key in keys if key != UNALLOCATED and tenant_of_key[key] == tenant]
-        head = f"tenant_usage,cluster={cluster},gpu={gpu.tag},model={model},node={node},tenant={lineproto.tag(tenant)} "
-        tail = f"uuid={lineproto.string_field(gpu.uuid)},workloads={lineproto.workloads_json_field(pieces)} "
-        tenant_lines.append((head, tail))
+        head = f"{tags.tenant_head}{lineproto.tag_few(tenant)} "
+        tenant_lines.append((head, f"{tags.uuid_field}{lineproto.workloads_json_field(pieces)} "))
     tenant_of_slot = tuple(tenants.index(tenant_of_key[key]) for key in keys)
     return GpuPlan(
-        gpu_head=f"gpu,cluster={cluster},gpu={gpu.tag},model={model},node={node},uuid={lineproto.tag(gpu.uuid)} ",
+        gpu_head=tags.gpu_head,
         keys=keys,
         holder_slots=tuple(keys.index(key) for key in holder_keys) if holder_keys else None,
         tenant_of_slot=tenant_of_slot,

@@ -140,8 +140,12 @@ def collector(
         Path | None, typer.Option(help="File holding the InfluxDB token (else env GPUFLEET_INFLUX_TOKEN)")
     ] = None,
     group: Annotated[str | None, typer.Option(help="Shared-subscription group (default gpufleet)")] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="Only this cluster's messages, for a database per cluster (default +: all)")
+    ] = None,
     client_id: Annotated[str | None, typer.Option(help="MQTT client id, unique per collector")] = None,
     batch_lines: Annotated[int | None, typer.Option(help="Lines per InfluxDB write (default 5000)")] = None,
+    parallel_writes: Annotated[int | None, typer.Option(help="Batches in flight to InfluxDB (default 2)")] = None,
     tenants_file: Annotated[Path | None, typer.Option(help="Tenant rules (TOML); re-read when it changes")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -151,8 +155,8 @@ def collector(
         cfg.CollectorConfig,
         dict(
             broker=broker, influx_url=influx_url, bucket=bucket, influx_org=influx_org,
-            influx_token_file=influx_token_file, group=group, client_id=client_id, batch_lines=batch_lines,
-            tenants_file=tenants_file,
+            influx_token_file=influx_token_file, group=group, cluster=cluster, client_id=client_id,
+            batch_lines=batch_lines, parallel_writes=parallel_writes, tenants_file=tenants_file,
         ),
         config,
     )

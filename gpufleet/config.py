@@ -139,8 +139,10 @@ class CollectorConfig(_MqttSettings):
     influx_token: SecretStr | None = None  # GPUFLEET_INFLUX_TOKEN; never logged
     influx_token_file: Path | None = None
     group: str = "gpufleet"
+    cluster: str = "+"  # whose telemetry: one cluster's name (a shard of a large fleet), or "+" for all
     client_id: str = Field(default_factory=lambda: f"gpufleet-collector-{socket.gethostname().split('.')[0]}")
     batch_lines: int = Field(5000, ge=1, le=1_000_000)
+    parallel_writes: int = Field(2, ge=1, le=16)  # batches in flight to InfluxDB: it parses them on several cores
     flush_interval: float = Field(1.0, gt=0, le=60)
     max_buffer_lines: int = Field(2_000_000, ge=1000)
     tenants_file: Path | None = None  # tenant rules (TOML [tenants]); re-read when it changes
@@ -149,6 +151,11 @@ class CollectorConfig(_MqttSettings):
     @classmethod
     def _names(cls, value: str) -> str:
         return _name(value)
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str) -> str:
+        return value if value == "+" else _name(value)
 
     @field_validator("influx_url")
     @classmethod

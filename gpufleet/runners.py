@@ -226,7 +226,9 @@ def run_collector(settings: cfg.CollectorConfig) -> int:
     options = CollectorOptions(
         client_id=settings.client_id,
         group=settings.group,
+        cluster=settings.cluster,
         batch_lines=settings.batch_lines,
+        parallel_writes=settings.parallel_writes,
         flush_interval_s=settings.flush_interval,
         max_buffer_lines=settings.max_buffer_lines,
     )

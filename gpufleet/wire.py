@@ -120,9 +120,10 @@ def stored_topic(cluster: str, node: str) -> str:
     return f"gpufleet/ack/v1/{cluster}/{node}"
 
 
-def subscription(group: str) -> str:
-    """MQTT v5 shared subscription: the broker hands each message to one collector of the group."""
-    return f"$share/{group}/{TOPIC_ROOT}/+/+/#"
+def subscription(group: str, cluster: str = "+") -> str:
+    """MQTT v5 shared subscription: the broker hands each message to one collector of the group;
+    all clusters, or one (a database per cluster shards a fleet past one InfluxDB)."""
+    return f"$share/{group}/{TOPIC_ROOT}/{cluster}/+/#"
 
 
 @dataclass(frozen=True, slots=True)

@@ -167,7 +167,7 @@ def _answers(stream: IO[bytes], content_type: str) -> Iterator[dict[str, Any]]:
             objects = (json.loads(line) for line in stream if line.strip())
         for answer in objects:
             if not isinstance(answer, dict):
-                raise ValueError(f"a {type(answer).__name__} where an object belongs")
+                raise TypeError(f"a {type(answer).__name__} where an object belongs")
             yield answer
     except (OSError, http.client.HTTPException) as exc:
         raise InfluxError(f"InfluxDB broke off its answer: {exc!r}") from None

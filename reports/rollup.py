@@ -282,7 +282,7 @@ def _usage_row(r: dict[str, Any], parsed: _ParsedJson | None = None) -> UsageRow
     return UsageRow(
         r["time"], r["cluster"], r["model"], r["tenant"], _f(r, "gpu_s"), _f(r, "busy_gpu_s"), _f(r, "idle_gpu_s"),
         None if energy is None else float(energy), None if peak is None else int(peak), int(r.get("windows") or 0),
-        _f(r, "throttle_thermal_s"), _f(r, "throttle_power_s"), _f(r, "throttle_hw_slowdown_s"), _f(r, "faulted_gpu_s"),
+        *(_f(r, name) for name in THROTTLE_FIELDS), _f(r, "faulted_gpu_s"),
         parsed.workloads(r.get("workloads")), parsed.incidents(r.get("incidents")),
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 
 from gpufleet import localstack
 from gpufleet.agent.fleet import FleetPlan, run_fleet
@@ -122,3 +123,18 @@ def test_simulate_exits_non_zero_when_the_broker_is_unreachable(cluster_name):
     )
     assert done.returncode == 1
     assert "acknowledged 0/1 windows" in done.stdout
+
+
+def test_a_collector_of_one_cluster_takes_only_that_clusters_windows(
+    mosquitto, influxdb, bucket, cluster_name, start_collector
+):
+    """Sharding past one database: a collector group per cluster, each writing its own bucket."""
+    other = f"{cluster_name}x"
+    collector = start_collector("a", "--cluster", cluster_name)
+    for name in (cluster_name, other):
+        plan = FleetPlan(name, 1, 2, Cadence(sample_ms=100, publish_ms=100), 2, until_stored=name == cluster_name)
+        assert asyncio.run(run_fleet(plan, BrokerAddress.parse(mosquitto.url))).complete or name == other
+    wait_until(lambda: count_gpu_points(influxdb, bucket, cluster_name) >= 4, 30, "GPU points")
+    time.sleep(1.5)  # a flush interval and more: the other cluster's windows would have landed by now
+    assert count_gpu_points(influxdb, bucket, other) == 0
+    assert collector.stop() == 0

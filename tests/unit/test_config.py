@@ -48,3 +48,11 @@ def test_broken_toml_is_a_clear_error(tmp_path: Path):
     file.write_text("interval = = 3")
     with pytest.raises(cfg.ConfigError, match="not valid TOML"):
         cfg.load(cfg.AgentConfig, {}, file)
+
+
+def test_a_collector_takes_one_cluster_or_all_and_never_a_topic_filter():
+    assert cfg.load(cfg.CollectorConfig, {}, None).cluster == "+"
+    assert cfg.load(cfg.CollectorConfig, {"cluster": "c7"}, None).cluster == "c7"
+    for hostile in ("c7/#", "#", "c 7", ""):
+        with pytest.raises(cfg.ConfigError):
+            cfg.load(cfg.CollectorConfig, {"cluster": hostile}, None)

@@ -171,6 +171,18 @@ def test_a_tenant_report_holds_nothing_of_other_tenants(attributed):
     assert report.figures.cost.total == 1.0
 
 
+def test_a_workload_counts_each_hour_once_and_shows_its_identity_as_first_seen():
+    rows = [
+        UsageRow(S + HOUR_NS, "c1", A100, "a", 3600.0, workloads={"slurm:9": {"job": "9", "step": "1"}}),
+        UsageRow(S, "c1", H100, "a", 3600.0, workloads={"slurm:9": {"job": "9", "step": "0"}}),
+        UsageRow(S, "c2", A100, "a", 3600.0, workloads={"slurm:9": {"job": "9", "step": "x"}}),  # the same hour, elsewhere
+        UsageRow(S + 3 * HOUR_NS, "c1", H100, "a", 3600.0, workloads={"slurm:9": {"job": "9"}}),
+    ]
+    [job] = tenant_report("a", S, S + 4 * HOUR_NS, rows, PRICES).workloads
+    assert (job.first_hour_ns, job.last_hour_ns, job.hours) == (S, S + 3 * HOUR_NS, 3)
+    assert job.identity == {"job": "9", "step": "0"}
+
+
 def test_days_without_use_are_zero_days():
     rows = [UsageRow(S + 2 * 24 * HOUR_NS, "c1", H100, "a", gpu_s=3600.0, busy_gpu_s=3600.0)]
     report = tenant_report("a", S, S + 3 * 24 * HOUR_NS, rows, PRICES)

@@ -6,6 +6,8 @@ import csv
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gpufleet.config import ConfigError
 from gpufleet.reports import charts, mail, render_csv, render_html, render_json
@@ -121,6 +123,37 @@ def test_json_report_round_trips_its_numbers():
     assert data["tenant"] == "lab-a" and data["figures"]["gpu_hours"] == 1.0 and data["figures"]["efficiency"] == 0.5
     assert data["incidents"][0]["detail"] == 'fell off "the" bus'
     assert data["workloads"] == [{"key": "slurm:7", "identity": {"kind": "slurm_job", "job": "7"}, "first_hour_ns": S, "last_hour_ns": S, "hours": 1}]
+
+
+def _json_dumps(value):
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    | st.dictionaries(st.integers(), inner, max_size=3) | st.tuples(inner, inner),
+    max_leaves=24,
+)
+
+
+@given(JSON_VALUES)
+def test_dumps_writes_what_json_dumps_writes(value):
+    assert render_json.dumps(value) == _json_dumps(value)
+
+
+def test_json_report_is_json_dumps_of_its_dict():
+    """render writes the workload list from a template: the text must stay json.dumps's."""
+    workloads = {
+        "slurm:7": {"kind": "slurm_job", "job": "7", "user": "zoë \"q\"\n"},
+        "k8s:a/b": {"kind": "k8s_pod", "labels": {"app": ["x", 1, None]}, "namespace": "lab-a"},
+        "pid:3": {},
+        "odd": 5,  # not an object: shown as {"value": 5}
+    }
+    rows = [UsageRow(S, "c1", H100, "lab-a", 3600.0, 1800.0, 1800.0, workloads=workloads, incidents=(XID,)),
+            UsageRow(S + 2 * HOUR_NS, "c1", H100, "lab-a", 60.0, workloads={"slurm:7": {"job": "7"}})]
+    for report in (tenant_report("lab-a", S, S + 3 * HOUR_NS, rows, PRICES), tenant_report("nobody", S, S + HOUR_NS, rows, PRICES)):
+        assert render_json.render(report) == _json_dumps(render_json.report_dict(report)) + "\n"
 
 
 def test_nice_ceiling():

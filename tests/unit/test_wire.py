@@ -52,6 +52,7 @@ def test_topics_are_the_documented_contract():
     assert wire.state_topic("c1", "n1") == "gpufleet/v1/c1/n1/state"
     assert wire.events_topic("c1", "n1") == "gpufleet/v1/c1/n1/events"
     assert wire.subscription("g") == "$share/g/gpufleet/v1/+/+/#"
+    assert wire.subscription("g", "c7") == "$share/g/gpufleet/v1/c7/+/#"
     assert wire.parse_topic("gpufleet/v1/c1/n1/events") == wire.Topic("c1", "n1", "events")
 
 
