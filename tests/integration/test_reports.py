@@ -8,7 +8,6 @@ import csv
 import gc
 import json
 import random
-import time
 import urllib.request
 from dataclasses import dataclass, field, replace
 
@@ -258,9 +257,9 @@ def test_pdf_report_is_printed(fleet, config, tmp_path):
     assert data.startswith(b"%PDF-") and len(data) > 5000
 
 
-def test_a_month_of_a_large_fleet_reads_from_the_rollup_in_seconds(influxdb, bucket, config, tmp_path):
+def test_a_month_of_a_large_fleet_reads_from_the_rollup(influxdb, bucket, config, tmp_path):
     """30 tenants on 2 000 GPUs of two models for 30 days: the report reads 43 200 hourly rows,
-    whatever the number of GPUs and windows behind them."""
+    whatever the number of GPUs and windows behind them. (How fast: bench/reports.py.)"""
     from gpufleet.reports.model import MeterRow, UsageRow
     from gpufleet.reports.rollup import MARKER, ROLLUP_VERSION, meter_line, usage_line
 
@@ -281,15 +280,10 @@ def test_a_month_of_a_large_fleet_reads_from_the_rollup_in_seconds(influxdb, buc
         lines.append(f"{MARKER} version={ROLLUP_VERSION}i,rows=60i {t}")
     write_lines(influxdb, bucket, lines)
 
-    began = time.monotonic()
     run = reports.run_report(config, start=S, end=S + hours * HOUR_NS, fmt="json", out=tmp_path / "one.json", tenant="team-07")
-    one_tenant_s = time.monotonic() - began
-    began = time.monotonic()
     everyone = reports.run_report(config, start=S, end=S + hours * HOUR_NS, fmt="csv", out=tmp_path / "all", all_tenants=True)
-    all_tenants_s = time.monotonic() - began
 
     assert run.sources == "rollup 720 h, live 0 h" and everyone.reconciled is True
     report = json.loads((tmp_path / "one.json").read_text())
     assert report["figures"]["gpu_hours"] == pytest.approx(2 * 33 * 720)
     assert len(report["days"]) == 30 and len(report["workloads"]) == 30
-    assert one_tenant_s < 5 and all_tenants_s < 30, (one_tenant_s, all_tenants_s)
