@@ -3,7 +3,7 @@ string (dashboards, reports, local services), and the one way to read InfluxDB's
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
@@ -28,3 +28,14 @@ def rows_of(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             for values in series.get("values", []):
                 out.append({**tags, **dict(zip(columns, values))})
     return out
+
+
+def answer_error(answer: Mapping[str, Any]) -> str | None:
+    """InfluxDB's own message when a `/query` answer (or chunk) reports an error, at the top level
+    or in any statement's result; None when it reports none."""
+    if "error" in answer:
+        return str(answer["error"])
+    for result in answer.get("results", []):
+        if "error" in result:
+            return str(result["error"])
+    return None

@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from gpufleet.influxql import ident, rows_of
+from gpufleet.influxql import answer_error, ident, rows_of
 
 if TYPE_CHECKING:
     from gpufleet.mqtt import TlsFiles
@@ -506,13 +506,10 @@ http {{
         body = urllib.parse.urlencode(form).encode()
         status, raw = _http("POST", self.direct_url + "/query", body)
         answer = _json_or_text(raw)
-        if status != 200 or "error" in answer:
-            raise InfluxQueryError(f"{influxql!r} -> HTTP {status}: {answer.get('error', answer)}")
-        results: list[dict[str, Any]] = answer.get("results", [])
-        for result in results:
-            if "error" in result:
-                raise InfluxQueryError(f"{influxql!r}: {result['error']}")
-        return results
+        error = answer_error(answer)
+        if status != 200 or error is not None:
+            raise InfluxQueryError(f"{influxql!r} -> HTTP {status}: {error or answer}")
+        return answer.get("results", [])
 
     def rows(
         self, influxql: str, db: str | None = None, epoch: str | None = "ns"

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import msgpack
 
-from gpufleet.influxql import ident, literal, rows_of
+from gpufleet.influxql import answer_error, ident, literal, rows_of
 
 __all__ = ["InfluxError", "InfluxQL", "ident", "literal", "tag_is", "time_range"]
 
@@ -148,13 +148,10 @@ class InfluxQL:
 
 def _checked(answer: dict[str, Any], influxql: str) -> list[dict[str, Any]]:
     """The `results` of one answer (or chunk), or InfluxError with InfluxDB's message."""
-    if "error" in answer:
-        raise InfluxError(f"InfluxDB refused {influxql[:200]!r}: {answer['error']}")
-    results: list[dict[str, Any]] = answer.get("results", [])
-    for result in results:
-        if "error" in result:
-            raise InfluxError(f"InfluxDB refused {influxql[:200]!r}: {result['error']}")
-    return results
+    error = answer_error(answer)
+    if error is not None:
+        raise InfluxError(f"InfluxDB refused {influxql[:200]!r}: {error}")
+    return answer.get("results", [])
 
 
 def _answers(stream: IO[bytes], content_type: str) -> Iterator[dict[str, Any]]:
