@@ -75,6 +75,8 @@ def hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> l
     """apportion on integer weights listed in key order; ties on the remainder go to the lower
     position, that is the smaller key. Lists and plain loops, not dicts or comprehensions: the
     collector calls this three times a GPU-window, mostly for two or three keys."""
+    if caps is None and len(weights) == 2:
+        return _hamilton_pair(total, weights[0], weights[1])
     whole = sum(weights)
     if whole == 0:
         weights, whole = [1] * len(weights), len(weights)
@@ -95,6 +97,22 @@ def hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> l
         else:
             _hand_out(left, order, seats, caps)
     return seats
+
+
+def _hamilton_pair(total: int, a: int, b: int) -> list[int]:
+    """hamilton for two keys: the remainders add up to the denominator times the units left, so at
+    most one unit is left, and it goes to the larger remainder (the first key on a tie)."""
+    whole = a + b
+    if whole == 0:
+        a, b, whole = 1, 1, 2
+    seat_a, remainder_a = divmod(total * a, whole)
+    seat_b, remainder_b = divmod(total * b, whole)
+    if seat_a + seat_b < total:
+        if remainder_a >= remainder_b:
+            seat_a += 1
+        else:
+            seat_b += 1
+    return [seat_a, seat_b]
 
 
 def _hand_out(left: int, order: Sequence[int], seats: list[int], caps: list[int]) -> None:

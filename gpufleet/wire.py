@@ -356,6 +356,7 @@ def _check_int(value: Any) -> int | None:
 
 _NONE = type(None)
 _INT_OR_NONE = frozenset({int, _NONE})
+_INT = frozenset({int})
 
 
 def _check_values(values: list[Any]) -> tuple[int | None, ...]:
@@ -513,7 +514,7 @@ def decode_telemetry(payload: bytes, topic: Topic, now_ms: int) -> TelemetryWind
         fields = _decode_field_ids(message.get("fields"))
         models = _decode_models(message.get("models"))
         keys, workloads = _decode_workload_list(message.get("workloads"))
-        gpus = tuple(_decode_gpu_row(g, len(fields), models, keys) for g in gpus_raw)
+        gpus = _decode_gpu_rows(gpus_raw, len(fields), models, keys)
     return TelemetryWindow(topic.cluster, topic.node, seq, t0, t1, fields, gpus, workloads)
 
 
@@ -575,7 +576,45 @@ def _decode_workload_list(raw: Any) -> tuple[list[str], dict[str, dict[str, str 
     return list(workloads), workloads
 
 
-def _decode_gpu_row(raw: Any, field_count: int, models: list[str], keys: list[str]) -> GpuWindow:
+def _decode_gpu_rows(rows: list[Any], field_count: int, models: list[str], keys: list[str]) -> tuple[GpuWindow, ...]:
+    """Every GPU row of a message. Each row's shape is checked on its own; the numbers of all rows
+    together, one pass each in C (values, holders, owners), since they are almost always right;
+    only a message that fails that is checked again row by row, to name the bad number."""
+    for raw in rows:
+        _check_row_shape(raw, field_count, len(models))
+    values = [value for raw in rows for value in raw[3]]
+    holders = [item for raw in rows for item in raw[4]]
+    owners = [owner for raw in rows for owner in raw[5]]
+    if not (
+        _within(values, MAX_ABS_INT, -MAX_ABS_INT)
+        and _within(holders[0::3], len(keys) - 1, allow_none=False)
+        and _within(holders[1::3], 10_000)
+        and _within(holders[2::3], MAX_HOLDER_MEMORY)
+        and _within(owners, len(keys) - 1, allow_none=False)
+    ):
+        return tuple(_decode_gpu_row(raw, models, keys) for raw in rows)
+    return tuple(
+        GpuWindow(
+            raw[0],
+            raw[1],
+            models[raw[2]],
+            tuple(raw[3]),
+            _holders_of(raw[4], keys),
+            tuple([keys[owner] for owner in raw[5]]) if raw[5] else (),
+            _decode_mig(raw[6]) if len(raw) > 6 else None,
+        )
+        for raw in rows
+    )
+
+
+def _holders_of(flat: list[Any], keys: list[str]) -> tuple[Holder, ...]:
+    """Holders from checked [workload#, sm_util_centi, mem_bytes, ...]."""
+    if len(flat) == 3:  # one workload on the GPU: the usual case
+        return (Holder(keys[flat[0]], flat[1], flat[2]),)
+    return tuple(map(Holder, [keys[n] for n in flat[0::3]], flat[1::3], flat[2::3]))
+
+
+def _check_row_shape(raw: Any, field_count: int, model_count: int) -> None:
     if not isinstance(raw, list) or len(raw) not in (6, 7):
         raise Rejected("schema", "a GPU must be [index, uuid, model#, values, holders, owners, mig]")
     index, uuid, model, values, holders, owners = raw[:6]
@@ -584,7 +623,7 @@ def _decode_gpu_row(raw: Any, field_count: int, models: list[str], keys: list[st
     if type(uuid) is not str or uuid not in _VALID_UUIDS:  # (a list would not even hash)
         _check_name("uuid", uuid, _UUID)
         _remember(_VALID_UUIDS, uuid)
-    if type(model) is not int or not 0 <= model < len(models):
+    if type(model) is not int or not 0 <= model < model_count:
         raise Rejected("schema", f"GPU {index} model# {str(model)[:20]!r} is not a position in 'models'")
     if not isinstance(values, list) or len(values) != field_count:
         raise Rejected("schema", f"GPU {index} has {_len(values)} values for {field_count} fields")
@@ -592,13 +631,18 @@ def _decode_gpu_row(raw: Any, field_count: int, models: list[str], keys: list[st
         raise Rejected("limits", f"GPU {index} holders must be a list of at most {MAX_HOLDERS} triples")
     if not isinstance(owners, list) or len(owners) > MAX_HOLDERS:
         raise Rejected("limits", f"GPU {index} owners must be a list of at most {MAX_HOLDERS}")
+
+
+def _decode_gpu_row(raw: list[Any], models: list[str], keys: list[str]) -> GpuWindow:
+    """One row whose shape passed, its numbers checked one by one: raises naming the bad one."""
+    holders = raw[4]
     return GpuWindow(
-        index,
-        uuid,
-        models[model],
-        _check_values(values),
-        _decode_holder_triples(holders, keys) if holders else (),
-        tuple([keys[owner] for owner in owners]) if _are_positions(owners, keys) else (),
+        raw[0],
+        raw[1],
+        models[raw[2]],
+        tuple(_check_int(value) for value in raw[3]),
+        tuple(_holder(_workload_at(keys, holders[i]), holders[i + 1], holders[i + 2]) for i in range(0, len(holders), 3)),
+        tuple(_workload_at(keys, owner) for owner in raw[5]),
         _decode_mig(raw[6]) if len(raw) > 6 else None,
     )
 
@@ -614,38 +658,13 @@ def _remember(valid: set[Any], value: Any) -> None:
     valid.add(value)
 
 
-def _are_positions(numbers: list[Any], keys: list[str]) -> bool:
-    """Whether `numbers` are all positions in `keys`; raises (via _workload_at) naming a bad one."""
-    if not numbers:
-        return False
-    if set(map(type, numbers)) == {int} and 0 <= min(numbers) and max(numbers) < len(keys):
-        return True
-    for number in numbers:
-        _workload_at(keys, number)
-    return True  # unreachable: a bad number raised
-
-
-def _decode_holder_triples(flat: list[Any], keys: list[str]) -> tuple[Holder, ...]:
-    """[workload#, sm_util_centi, mem_bytes, ...] into Holders; the common case checked in C."""
-    if len(flat) == 3:  # one workload on the GPU: the usual case, checked without slicing
-        number, sm_util, mem = flat
-        if type(number) is not int or not 0 <= number < len(keys):
-            _workload_at(keys, number)
-        return (_holder(keys[number], sm_util, mem),)
-    numbers, sm_utils, memories = flat[0::3], flat[1::3], flat[2::3]
-    _are_positions(numbers, keys)
-    if _within(sm_utils, 10_000) and _within(memories, MAX_HOLDER_MEMORY):
-        return tuple(map(Holder, [keys[n] for n in numbers], sm_utils, memories))
-    return tuple(_holder(keys[n], sm, mem) for n, sm, mem in zip(numbers, sm_utils, memories))
-
-
-def _within(values: list[Any], top: int) -> bool:
-    """Every value None or an int in 0..top (bool excluded)."""
+def _within(values: list[Any], top: int, bottom: int = 0, *, allow_none: bool = True) -> bool:
+    """Every value an int in bottom..top (bool excluded), or None where allowed."""
     kinds = set(map(type, values))
-    if not kinds <= _INT_OR_NONE:
+    if not kinds <= (_INT_OR_NONE if allow_none else _INT):
         return False
     present = [v for v in values if v is not None] if _NONE in kinds else values
-    return not present or (0 <= min(present) and max(present) <= top)
+    return not present or (bottom <= min(present) and max(present) <= top)
 
 
 def _workload_at(keys: list[str], number: Any) -> str:

@@ -278,3 +278,15 @@ def test_apportion_balances_and_respects_quota(total: int, weights: dict) -> Non
     for key, w in weights.items():
         quota = Fraction(total * w, whole) if whole else Fraction(total, len(weights))
         assert abs(seats[key] - quota) < 1
+
+
+@given(st.integers(0, 10**9), st.integers(0, 10**6), st.integers(0, 10**6))
+def test_the_two_key_shortcut_is_hamilton(total: int, a: int, b: int) -> None:
+    from gpufleet.collector.attribute import _hand_out, hamilton
+
+    whole = a + b or 2
+    weights = [a, b] if a + b else [1, 1]
+    seats = [total * w // whole for w in weights]
+    remainders = [total * w % whole for w in weights]
+    _hand_out(total - sum(seats), sorted(range(2), key=lambda i: (-remainders[i], i)), seats, [total, total])
+    assert hamilton(total, [a, b]) == seats
