@@ -37,6 +37,7 @@ held to `^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$` at load time. Errors name the bad ke
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import os
 import re
@@ -51,7 +52,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     StrictInt,
     ValidationError,
     model_validator,
@@ -123,7 +123,6 @@ def _glob_any(patterns: Iterable[str], value: object) -> bool:
 
 class Match(BaseModel):
     model_config = _FROZEN
-    _globs: tuple[tuple[str | None, object, re.Pattern[str]], ...] = PrivateAttr(default=())
 
     slurm_account: Patterns | None = None
     slurm_user: Patterns | None = None
@@ -144,9 +143,11 @@ class Match(BaseModel):
             raise ValueError(f"match needs at least one of: {keys} (use tenants.default for a catch-all)")
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        # Each glob field that is set, as (kind it applies to or None, where its value is, one
-        # compiled regex for all its patterns): matches() then tests only those, each in one call.
+    @functools.cached_property
+    def compiled_globs(self) -> tuple[tuple[str | None, object, re.Pattern[str]], ...]:
+        """Each glob field that is set, as (kind it applies to or None, where its value is, one
+        compiled regex for all its patterns): matches() tests only those, each in one call.
+        (A cached_property, not a pydantic private attribute: those are read through __getattr__.)"""
         fields = (
             (self.slurm_account, _SLURM_JOB, "account"),
             (self.slurm_user, _SLURM_JOB, "user"),
@@ -156,11 +157,11 @@ class Match(BaseModel):
             (self.gpu_uuid, None, _GPU_UUID),
             (self.node, None, _NODE),
         )
-        self._globs = tuple((kind, key, _compiled(patterns)) for patterns, kind, key in fields if patterns is not None)
+        return tuple((kind, key, _compiled(patterns)) for patterns, kind, key in fields if patterns is not None)
 
     def matches(self, identity: Mapping[str, Any], gpu_uuid: str, node: str) -> bool:
         kind = identity.get("kind")
-        for needed_kind, key, regex in self._globs:
+        for needed_kind, key, regex in self.compiled_globs:
             if key is _GPU_UUID:
                 value = gpu_uuid
             elif key is _NODE:

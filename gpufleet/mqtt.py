@@ -6,6 +6,7 @@ is what lets `gpufleet simulate` exit 0 only when every window it published was 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import ssl
 from collections.abc import AsyncIterator
@@ -52,6 +53,17 @@ class _Client(aiomqtt.Client):
         if reason_code.is_failure:
             self.refused[mid] = reason_code
         super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        # Our Received straight into aiomqtt's queue, instead of aiomqtt's Message: that one builds
+        # and checks a Topic object per message, which a collector pays thousands of times a second.
+        # paho calls this on the event loop's thread (aiomqtt drives its socket from the loop).
+        payload = message.payload
+        received = Received(message.topic, payload if isinstance(payload, bytes) else bytes(payload), message.mid, message.qos)
+        try:
+            self._queue.put_nowait(received)
+        except asyncio.QueueFull:
+            self._logger.warning("Message queue is full. Discarding message.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,10 +177,13 @@ class MqttLink:
 
     async def messages(self) -> AsyncIterator[Received]:
         """Messages as they arrive; raises MqttError when the connection drops (never hangs)."""
-        async for message in self._client.messages:
-            payload = message.payload
-            payload = payload if isinstance(payload, bytes) else str(payload or "").encode()
-            yield Received(message.topic.value, payload, message.mid, message.qos)
+        queue = self._client._queue  # noqa: SLF001
+        async for message in self._client.messages:  # waits for one, or for the connection to drop
+            yield message
+            # Those already queued behind it are taken at once: aiomqtt's iterator makes a task
+            # and an asyncio.wait for every message, which under load costs more than the message.
+            while not queue.empty():
+                yield queue.get_nowait()
 
     def ack(self, message: Received) -> None:
         """PUBACK a message received with manual_ack: the broker may now forget it. Runs on the
