@@ -105,9 +105,13 @@ def workloads_field(workloads: dict[str, dict]) -> str:
     return workloads_json_field([workload_json(key, workloads[key]) for key in sorted(workloads)])
 
 
+# json.dumps with options makes a new encoder on every call; a collector calls it for every new job.
+_COMPACT_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def workload_json(key: str, identity: dict) -> str:
     """`"key":{identity}` as json.dumps writes one item of a map: a piece of workloads_field."""
-    return json.dumps(key) + ":" + json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return json.dumps(key) + ":" + _COMPACT_SORTED.encode(identity)
 
 
 def workloads_json_field(pieces: list[str]) -> str:

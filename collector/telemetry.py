@@ -16,7 +16,7 @@ MIG instances take that definition's path (collector/pipeline.py), being few.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gpufleet.wire import GpuWindow, Rejected, TelemetryWindow
 
@@ -56,8 +56,7 @@ class FieldFormat:
         return template % tuple([arg for arg in args if arg is not None])
 
 
-@dataclass(frozen=True, slots=True)
-class GpuPlan:
+class GpuPlan(NamedTuple):  # a NamedTuple: made for every changed job, and read field by field
     """What a GPU-window's lines need besides its numbers."""
 
     gpu_head: str  # `gpu,<tags> `
@@ -200,8 +199,7 @@ def _tenant_line(
     return f"{head}gpu_s={gpu_ms}e-3{busy}{energy}{peak},{tail}{stamp}"
 
 
-@dataclass(frozen=True, slots=True)
-class GpuTags:
+class GpuTags(NamedTuple):
     gpu_head: str  # `gpu,<tags> `
     tenant_head: str  # `tenant_usage,<tags but tenant>,tenant=`
     uuid_field: str  # `uuid="<uuid>",workloads=`
