@@ -211,22 +211,11 @@ class Collector:
         # InfluxDB's HTTP write blocks; worker threads keep the loop receiving meanwhile, and
         # InfluxDB parses concurrent requests on several cores.
         outcomes = await asyncio.gather(*(asyncio.to_thread(self._write, batch) for batch in batches))
-        done = 0
-        for batch, failure in zip(batches, outcomes):
-            if failure is not None and failure.retryable:
-                # What follows it may be stored already: it is written again with it, and
-                # InfluxDB keeps one point per series and time, so nothing is doubled.
-                break
-            if failure is not None:
-                log.error("InfluxDB refused a batch of %d lines: %s", len(batch), failure)
-                self.lines_refused += len(batch)
-            else:
-                self.points_written += len(batch)
-            done += len(batch)
+        done, failure = self._count_outcomes(batches, outcomes)
         if done:
             self.buffer.commit(done)
             self._ack_written()
-        if done < len(lines):
+        if failure is not None:
             self.write_retries += 1
             delay = backoff.next()
             log.warning("waiting for InfluxDB (%s); %d lines buffered; retrying in %.1f s", failure, len(self.buffer), delay)
@@ -239,6 +228,22 @@ class Collector:
             self._confirmed_at = time.monotonic()
             await self._confirm_stored()
         return True
+
+    def _count_outcomes(self, batches: list[list[str]], outcomes: list[WriteFailed | None]) -> tuple[int, WriteFailed | None]:
+        """Lines done (stored, or refused for good and counted), in order up to the first batch that
+        may be retried; and that batch's failure. What follows it may be stored already: it is
+        written again with it, and InfluxDB keeps one point per series and time."""
+        done = 0
+        for batch, failure in zip(batches, outcomes):
+            if failure is not None and failure.retryable:
+                return done, failure
+            if failure is not None:
+                log.error("InfluxDB refused a batch of %d lines: %s", len(batch), failure)
+                self.lines_refused += len(batch)
+            else:
+                self.points_written += len(batch)
+            done += len(batch)
+        return done, None
 
     def _write(self, batch: list[str]) -> WriteFailed | None:
         try:
