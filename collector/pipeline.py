@@ -1,7 +1,8 @@
 """The collector's core: (topic, payload) in, line-protocol lines out, every rejection counted.
 
 Pure: no MQTT, no InfluxDB, no clock (the caller passes `now_ms`). The transport loop in
-collector/main.py feeds it and writes what it returns.
+collector/service.py feeds it and writes what it returns. Telemetry of GPUs without MIG goes
+through collector/telemetry.py's cached plans; MIG instances through attribute() here.
 """
 
 from __future__ import annotations
