@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import json
 import time
 from collections.abc import Callable, Iterator
 
@@ -31,7 +32,6 @@ import zlib
 
 import fleetdata
 import msgpack
-import orjson
 
 from gpufleet import wire
 from gpufleet.catalogue import gpu_window_field_by_name
@@ -127,6 +127,10 @@ def message_dict(window: wire.TelemetryWindow) -> dict:
     return msgpack.unpackb(zlib.decompress(wire.encode_telemetry(window)), raw=False)
 
 
+def compact_json(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
 def self_describing_json(window: wire.TelemetryWindow) -> bytes:
     """JSON as most telemetry sends it: field names repeated in every GPU's object."""
     gpus = [
@@ -138,7 +142,7 @@ def self_describing_json(window: wire.TelemetryWindow) -> bytes:
         for g in window.gpus
     ]
     head = {"v": 1, "cluster": window.cluster, "node": window.node, "seq": window.seq, "t0": window.t0_ms, "t1": window.t1_ms}
-    return orjson.dumps({**head, "gpus": gpus, "workloads": window.workloads})
+    return compact_json({**head, "gpus": gpus, "workloads": window.workloads})
 
 
 # dcgm-exporter's names where DCGM has the field (dcp-metrics-included.csv, DCGM field ids);
@@ -195,8 +199,8 @@ def sizes(windows: list[wire.TelemetryWindow]) -> dict[str, tuple[float, float]]
     encoders = {
         "gpufleet wire v2 (zlib MessagePack)": wire.encode_telemetry,
         "gpufleet wire v2 before zlib": lambda w: msgpack.packb(message_dict(w), use_bin_type=True),
-        "JSON, same layout (orjson)": lambda w: orjson.dumps(message_dict(w)),
-        "JSON, names per GPU (orjson)": self_describing_json,
+        "JSON, same layout": lambda w: compact_json(message_dict(w)),
+        "JSON, names per GPU": self_describing_json,
         "Prometheus text, dcgm-exporter labels": prometheus_text,
     }
     gpu_windows = sum(len(w.gpus) for w in windows)
