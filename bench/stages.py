@@ -26,9 +26,8 @@ import contextlib
 import gzip
 import json
 import time
-from collections.abc import Callable, Iterator
-
 import zlib
+from collections.abc import Callable, Iterator
 
 import fleetdata
 import msgpack
