@@ -154,20 +154,33 @@ async def publish_and_wait(
 def start_collector(
     broker: str, influx: localstack.InfluxDB, db: str, log_path: Path, profile: str | None = None
 ) -> subprocess.Popen:
+    process = launch_collector(broker, influx, db, log_path, profile=profile)
+    wait_subscribed(process, log_path)
+    return process
+
+
+def launch_collector(
+    broker: str, influx: localstack.InfluxDB, db: str, log_path: Path, *,
+    client_id: str = "bench-collector", group: str = "bench", profile: str | None = None,
+) -> subprocess.Popen:
+    """`gpufleet collector` as operators run it, writing like the ceiling (BATCH_LINES, PARALLEL_WRITES)."""
     args = localstack.collector_argv(
-        broker, influx.url, db, "bench-collector", group="bench", tenants_file=fleetdata.TENANTS_FILE,
+        broker, influx.url, db, client_id, group=group, tenants_file=fleetdata.TENANTS_FILE,
         extra=("--batch-lines", str(BATCH_LINES), "--parallel-writes", str(PARALLEL_WRITES)),
     )
     if profile:  # cProfile of the event loop's thread (InfluxDB writes run in a worker thread)
         args = [args[0], "-m", "cProfile", "-o", profile, *args[1:]]
     env = {**os.environ, "GPUFLEET_INFLUX_TOKEN": "bench"}
-    process = subprocess.Popen(args, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 30
+    with log_path.open("wb") as log:  # the child has its own copy
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_subscribed(process: subprocess.Popen, log_path: Path, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
     while "subscribed to" not in log_path.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"collector did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
         time.sleep(0.05)
-    return process
 
 
 def stop_collector(collector: subprocess.Popen, grace_s: float = 5.0) -> str:

@@ -56,7 +56,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import fleetdata
 import pipeline  # bench/pipeline.py (a sibling: `python bench/scaleout.py` puts bench/ on sys.path)
 
 from gpufleet import localstack
@@ -85,27 +84,16 @@ def box_busy_seconds() -> float:
 
 def start_collectors(broker_url: str, influx: localstack.InfluxDB, db: str, group: str, ids: list[str], logdir: Path) -> dict[str, subprocess.Popen]:
     """K collectors in one group, all started at once; returns when every one has subscribed."""
-    env = {**os.environ, "GPUFLEET_INFLUX_TOKEN": "bench"}
-    processes: dict[str, subprocess.Popen] = {}
-    for client_id in ids:
-        argv = localstack.collector_argv(
-            broker_url, influx.url, db, client_id, group=group, tenants_file=fleetdata.TENANTS_FILE,
-            extra=("--batch-lines", str(pipeline.BATCH_LINES)),
-        )
-        log = (logdir / f"{client_id}.log").open("wb")
-        processes[client_id] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()  # the child has its own copy
-    deadline = time.monotonic() + START_TIMEOUT_S
-    waiting = set(ids)
-    while waiting:
-        for client_id in sorted(waiting):
-            text = (logdir / f"{client_id}.log").read_text(errors="replace")
-            if "subscribed to" in text:
-                waiting.discard(client_id)
-            elif processes[client_id].poll() is not None or time.monotonic() > deadline:
-                stop_all(processes)
-                raise SystemExit(f"collector {client_id} did not start:\n{text[-2000:]}")
-        time.sleep(0.05)
+    processes = {
+        client_id: pipeline.launch_collector(broker_url, influx, db, logdir / f"{client_id}.log", client_id=client_id, group=group)
+        for client_id in ids
+    }
+    try:
+        for client_id, process in processes.items():
+            pipeline.wait_subscribed(process, logdir / f"{client_id}.log", START_TIMEOUT_S)
+    except SystemExit:
+        stop_all(processes)
+        raise
     return processes
 
 
