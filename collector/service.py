@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gpufleet import wire
-from gpufleet.mqtt import BrokerAddress, MqttError, MqttLink, Received, TlsFiles
+from gpufleet.mqtt import BrokerAddress, MqttError, MqttSubscriber, Received, TlsFiles
 from gpufleet.retry import Backoff
 
 from . import lineproto
@@ -82,7 +82,7 @@ class Collector:
         self._wake_flush = asyncio.Event()
         self._rejections = RateLimitedLog()
         self.subscribed = asyncio.Event()
-        self._link: MqttLink | None = None
+        self._link: MqttSubscriber | None = None
         self._draining = False
         # (buffer position of its last line, message, (cluster, node, seq) if a window)
         self._unacked: deque[tuple[int, Received, tuple[str, str, int] | None]] = deque()
@@ -135,7 +135,7 @@ class Collector:
         # session even while it is offline, so a dead collector with a session would swallow its
         # share. Without one, the live members take everything; what a crash had in flight is
         # sent again by the agents, which keep each window until a collector confirms it stored.
-        link = MqttLink(self._broker, self._options.client_id, tls=self._tls, manual_ack=True)
+        link = MqttSubscriber(self._broker, self._options.client_id, tls=self._tls)
         async with link:
             self._link = link
             await link.subscribe(wire.subscription(self._options.group, self._options.cluster))

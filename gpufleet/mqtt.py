@@ -1,4 +1,7 @@
-"""The only module that talks to aiomqtt: broker URLs, one connection type, our own message type.
+"""The only module that speaks MQTT: broker URLs, our own message type, and two connection types.
+
+MqttLink wraps aiomqtt (agents, tools, tests). MqttSubscriber is the collector's lean subscriber
+on our own framing (gpufleet/mqttcodec.py), for the thousands of messages a second it reads.
 
 Everything is MQTT v5 at QoS 1. `publish` returns only once the broker acknowledged (PUBACK), which
 is what lets `gpufleet simulate` exit 0 only when every window it published was accepted.
@@ -9,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ssl
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -19,6 +24,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from . import mqttcodec
 
 QOS_AT_LEAST_ONCE = 1
 MqttError = aiomqtt.MqttError  # re-exported so that callers need not import aiomqtt
@@ -190,3 +197,256 @@ class MqttLink:
         event loop thread, which is where aiomqtt drives paho's socket, so no lock is needed."""
         if message.qos > 0:
             self._client._client.ack(message.mid, message.qos)  # noqa: SLF001
+
+
+class MqttSubscriber:
+    """The collector's connection: MQTT v5, QoS 1 in with acknowledgements by hand, QoS 0 out.
+
+    `async with MqttSubscriber(...) as link:` then `subscribe`, `messages()`, `ack`, `publish`, as
+    with an MqttLink(manual_ack=True). Its own framing (gpufleet/mqttcodec.py) instead of paho's:
+    paho's read and acknowledge path cost a collector more CPU than decoding the telemetry did.
+    Here each socket read is split into packets in one pass and the PUBACKs of a round of stored
+    batches leave in one write. A clean session (what the collector wants: see collector/service.py).
+    """
+
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        client_id: str,
+        *,
+        tls: TlsFiles | None = None,
+        keepalive_s: int = 30,
+        ack_timeout_s: float = 30.0,
+        receive_maximum: int = 65535,
+        max_queued: int = 20_000,
+    ) -> None:
+        self.broker = broker
+        self._client_id = client_id
+        # Unacknowledged QoS 1 messages the broker may send at once (3.1.2.11.3): with PUBACKs held
+        # until the data is stored, the collector's pipeline depth.
+        self._receive_maximum = receive_maximum
+        self._tls = tls
+        self._keepalive_s = keepalive_s
+        self._ack_timeout_s = ack_timeout_s
+        self._max_queued = max_queued  # messages read but not yet taken: past it, stop reading
+        self._protocol: _SubscriberProtocol | None = None
+        self._pinger: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> MqttSubscriber:
+        if self._protocol is not None:
+            raise MqttError("MqttSubscriber is reusable but not re-entrant")
+        loop = asyncio.get_running_loop()
+        ssl_context = (self._tls or TlsFiles()).context() if self.broker.tls else None
+        protocol = _SubscriberProtocol(self._max_queued)
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: protocol, self.broker.host, self.broker.port, ssl=ssl_context),
+                self._ack_timeout_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise MqttError(f"cannot connect to {self.broker}: {exc or 'timed out'}") from None
+        self._protocol = protocol
+        try:
+            protocol.send(mqttcodec.connect(
+                self._client_id, keepalive_s=self._keepalive_s, clean_start=True, session_expiry_s=0, receive_maximum=self._receive_maximum
+            ))
+            packet = await self._answer(mqttcodec.CONNACK, "CONNACK")
+            _, reason = mqttcodec.read_connack(packet)
+            if reason >= 0x80:
+                raise MqttError(f"{self.broker} refused the connection: {mqttcodec.reason_text(reason)}")
+        except BaseException:
+            protocol.close()
+            self._protocol = None
+            raise
+        self._pinger = asyncio.create_task(self._keep_alive(protocol), name=f"mqtt[{self._client_id}].keepalive")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        protocol, self._protocol = self._protocol, None
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
+        if protocol is not None:
+            protocol.leave()
+
+    async def subscribe(self, topic_filter: str) -> None:
+        protocol = self._connected()
+        protocol.send(mqttcodec.subscribe(1, topic_filter, QOS_AT_LEAST_ONCE))
+        _, reasons = mqttcodec.read_suback(await self._answer(mqttcodec.SUBACK, "SUBACK"))
+        if not reasons or reasons[0] >= 0x80:
+            code = reasons[0] if reasons else 0x80
+            raise MqttError(f"{self.broker} refused the subscription to {topic_filter}: {mqttcodec.reason_text(code)}")
+
+    async def messages(self) -> AsyncIterator[Received]:
+        """Messages as they arrive; raises MqttError when the connection drops (never hangs)."""
+        protocol = self._connected()
+        while True:
+            # At most a socket read's worth between visits to the event loop, so that the
+            # write threads' completions and timers are not held up behind a deep queue.
+            for _ in range(min(len(protocol.queue), 1000)):
+                yield protocol.take()
+            if protocol.queue:
+                await asyncio.sleep(0)
+            else:
+                await protocol.wait_for_messages()
+
+    def ack(self, message: Received) -> None:
+        """PUBACK: the broker may forget the message. Sent with the others of this loop turn."""
+        if message.qos > 0 and self._protocol is not None:
+            self._protocol.send_soon(mqttcodec.puback(message.mid))
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 0) -> None:
+        """QoS 0 only (the collector's stored confirmations): nothing comes back to wait for."""
+        if qos != 0:
+            raise ValueError("MqttSubscriber publishes at QoS 0 only; use MqttLink to wait for PUBACK")
+        self._connected().send(mqttcodec.publish(topic, payload, retain=retain))
+
+    def _connected(self) -> _SubscriberProtocol:
+        if self._protocol is None:
+            raise MqttError(f"not connected to {self.broker}")
+        return self._protocol
+
+    async def _answer(self, kind: int, name: str) -> mqttcodec.Packet:
+        try:
+            return await asyncio.wait_for(self._connected().control_answer(kind), self._ack_timeout_s)
+        except TimeoutError:
+            raise MqttError(f"{self.broker} sent no {name} within {self._ack_timeout_s:.0f} s") from None
+
+    async def _keep_alive(self, protocol: _SubscriberProtocol) -> None:
+        """PINGREQ every half keep-alive (3.1.2.10); a broker silent for a whole keep-alive after
+        one is taken for gone, as a half-open TCP connection would otherwise never tell."""
+        while True:
+            await asyncio.sleep(self._keepalive_s / 2)
+            protocol.send(mqttcodec.PINGREQ_PACKET)
+            if protocol.silent_for() > self._keepalive_s * 1.5:
+                protocol.fail(MqttError(f"{self.broker} did not answer for {protocol.silent_for():.0f} s"))
+                return
+
+
+class _SubscriberProtocol(asyncio.Protocol):
+    """The socket side of MqttSubscriber, run by the event loop: packets in, bytes out."""
+
+    def __init__(self, max_queued: int) -> None:
+        self.queue: deque[Received] = deque()
+        self._reader = mqttcodec.PacketReader()
+        self._max_queued = max_queued
+        self._transport: asyncio.Transport | None = None
+        self._paused = False
+        self._failure: MqttError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._control: dict[int, asyncio.Future[mqttcodec.Packet]] = {}  # CONNACK/SUBACK awaited
+        self._outgoing: list[bytes] = []
+        self._last_heard = time.monotonic()
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._last_heard = time.monotonic()
+        try:
+            packets = self._reader.feed(data)
+            for packet in packets:
+                if packet.kind == mqttcodec.PUBLISH:
+                    publish = mqttcodec.read_publish(packet)
+                    self.queue.append(Received(publish.topic, publish.payload, publish.packet_id, publish.qos))
+                else:
+                    self._control_packet(packet)
+        except mqttcodec.ProtocolViolation as exc:
+            self.fail(MqttError(f"protocol violation by the broker: {exc}"))
+            return
+        if self.queue:
+            self._wake()
+            if len(self.queue) >= self._max_queued and not self._paused and self._transport is not None:
+                self._paused = True  # the consumer is behind: let TCP hold the broker back
+                self._transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(MqttError(f"connection lost: {exc or 'closed by the broker'}"))
+
+    # for MqttSubscriber
+
+    def take(self) -> Received:
+        message = self.queue.popleft()
+        if self._paused and len(self.queue) <= self._max_queued // 2 and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return message
+
+    async def wait_for_messages(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def control_answer(self, kind: int) -> mqttcodec.Packet:
+        if self._failure is not None:
+            raise self._failure
+        future = self._control[kind] = asyncio.get_running_loop().create_future()
+        try:
+            return await future
+        finally:
+            self._control.pop(kind, None)
+
+    def send(self, data: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise self._failure or MqttError("connection closed")
+        self._transport.write(data)
+
+    def send_soon(self, data: bytes) -> None:
+        """Queue bytes to leave with everything else queued in this turn of the event loop."""
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._send_queued)
+        self._outgoing.append(data)
+
+    def silent_for(self) -> float:
+        return 0.0 if self._paused else time.monotonic() - self._last_heard
+
+    def fail(self, failure: MqttError) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._wake()
+        for future in self._control.values():
+            if not future.done():
+                future.set_exception(self._failure)
+        self.close()
+
+    def leave(self) -> None:
+        """DISCONNECT (normal) if the connection still stands, then close it."""
+        if self._failure is None and self._transport is not None and not self._transport.is_closing():
+            self._send_queued()  # acknowledgements of this turn first
+            self._transport.write(mqttcodec.DISCONNECT_PACKET)
+        self.close()
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    # inside
+
+    def _send_queued(self) -> None:
+        data, self._outgoing = b"".join(self._outgoing), []
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+        # else: the connection is gone, and with it what these acknowledged; the broker resends
+
+    def _control_packet(self, packet: mqttcodec.Packet) -> None:
+        if packet.kind == mqttcodec.DISCONNECT:
+            reason = mqttcodec.read_disconnect(packet)
+            raise mqttcodec.ProtocolViolation(f"broker disconnected us: {mqttcodec.reason_text(reason)}")
+        if packet.kind == mqttcodec.PINGRESP:
+            return
+        future = self._control.get(packet.kind)
+        if future is None or future.done():
+            raise mqttcodec.ProtocolViolation(f"unexpected packet of type {packet.kind}")
+        future.set_result(packet)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
