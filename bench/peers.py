@@ -55,6 +55,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import fleetdata
+from publisher import publish_nodes
 from gpufleet.collector import lineproto
 from gpufleet.collector.pipeline import Pipeline
 
@@ -267,17 +268,7 @@ def core_seconds(load: Load) -> float:
 
 async def publish(broker_url: str, per_node: list[list[tuple[str, bytes]]], clients: int) -> None:
     """QoS 1 from `clients` connections, each its share of the nodes, window 0 of each, then 1, ..."""
-    address = BrokerAddress.parse(broker_url)
-
-    async def publisher(i: int) -> None:
-        nodes = per_node[i::clients]
-        async with MqttLink(address, f"peers-publisher-{i}") as link:
-            for window in range(max(map(len, nodes))):
-                for node in nodes:
-                    if window < len(node):
-                        await link.publish(*node[window])
-
-    await asyncio.gather(*(publisher(i) for i in range(min(clients, len(per_node)))))
+    await publish_nodes(BrokerAddress.parse(broker_url), per_node, clients, "peers")
 
 
 @dataclass

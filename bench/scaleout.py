@@ -57,10 +57,11 @@ import time
 from pathlib import Path
 
 import pipeline  # bench/pipeline.py (a sibling: `python bench/scaleout.py` puts bench/ on sys.path)
+from publisher import publish_nodes
 
 from gpufleet import localstack
 from gpufleet.influxql import ident
-from gpufleet.mqtt import BrokerAddress, MqttLink
+from gpufleet.mqtt import BrokerAddress
 
 START_TIMEOUT_S = 60.0  # K collectors importing at once on 2 cores
 STOP_TIMEOUT_S = 90.0  # a collector drains its buffer on SIGTERM (its drain_timeout_s is 60 s)
@@ -135,18 +136,8 @@ def collector_counters(influx: localstack.InfluxDB, db: str) -> dict[str, dict[s
 
 
 async def publish(broker_url: str, per_node: list[list[tuple[str, bytes]]], clients: int) -> None:
-    """Every window at QoS 1, each publish awaited until the broker's PUBACK; `clients` connections,
-    each with every clients-th node, sending window 0 of its nodes, then window 1, ... (a node's
-    windows stay in order, as an agent sends them)."""
-    address = BrokerAddress.parse(broker_url)
-
-    async def publisher(i: int, nodes: list[list[tuple[str, bytes]]]) -> None:
-        async with MqttLink(address, f"scaleout-publisher-{i}") as link:
-            for window in zip(*nodes):  # every node has the same number of windows
-                for topic, payload in window:
-                    await link.publish(topic, payload)
-
-    await asyncio.gather(*(publisher(i, per_node[i::clients]) for i in range(min(clients, len(per_node)))))
+    """Every window at QoS 1 from `clients` connections (bench/publisher.py), each node's in order."""
+    await publish_nodes(BrokerAddress.parse(broker_url), per_node, clients, "scaleout")
 
 
 def wait_stored(influx: localstack.InfluxDB, db: str, expected: int, timeout_s: float, stall_s: float) -> tuple[int, float | None]:

@@ -251,7 +251,7 @@ class MqttSubscriber:
                 self._client_id, keepalive_s=self._keepalive_s, clean_start=True, session_expiry_s=0, receive_maximum=self._receive_maximum
             ))
             packet = await self._answer(mqttcodec.CONNACK, "CONNACK")
-            _, reason = mqttcodec.read_connack(packet)
+            reason = mqttcodec.read_connack(packet).reason
             if reason >= 0x80:
                 raise MqttError(f"{self.broker} refused the connection: {mqttcodec.reason_text(reason)}")
         except BaseException:

@@ -205,11 +205,66 @@ def read_variable_int(data: bytes, position: int) -> tuple[int, int]:
     raise ProtocolViolation("truncated or over-long variable byte integer")
 
 
-def read_connack(packet: Packet) -> tuple[bool, int]:
-    """3.2: (session present, reason code)."""
+class Connack(NamedTuple):
+    session_present: bool
+    reason: int
+    receive_maximum: int  # QoS 1 publishes the broker takes unacknowledged at once (3.2.2.3.3)
+
+
+def read_connack(packet: Packet) -> Connack:
+    """3.2: session present, reason code, and the broker's Receive Maximum (65,535 if not sent)."""
     if len(packet.body) < 2:
         raise ProtocolViolation("CONNACK shorter than 2 bytes")
-    return bool(packet.body[0] & 0x01), packet.body[1]
+    properties = read_properties(packet.body, 2) if len(packet.body) > 2 else {}
+    return Connack(bool(packet.body[0] & 0x01), packet.body[1], properties.get(_RECEIVE_MAXIMUM, 65535))
+
+
+# 2.2.2.2: how long each property's value is, by identifier
+_BYTE_PROPERTIES = {0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A}
+_TWO_BYTE_PROPERTIES = {0x13, 0x21, 0x22, 0x23}
+_FOUR_BYTE_PROPERTIES = {0x02, 0x11, 0x18, 0x27}
+_STRING_PROPERTIES = {0x03, 0x08, 0x09, 0x12, 0x15, 0x16, 0x1A, 0x1C, 0x1F}  # UTF-8 strings and binary data
+_VARIABLE_INT_PROPERTIES = {0x0B}
+_USER_PROPERTY = 0x26  # a string pair, and the only property that may repeat
+
+
+def read_properties(data: bytes, position: int) -> dict[int, int | bytes]:
+    """The properties at `position` (length first): integers as int, strings as raw bytes; user
+    properties are skipped (nothing here reads them)."""
+    length, position = read_variable_int(data, position)
+    end = position + length
+    if end > len(data):
+        raise ProtocolViolation("properties longer than their packet")
+    found: dict[int, int | bytes] = {}
+    while position < end:
+        identifier = data[position]
+        position += 1
+        if identifier in _BYTE_PROPERTIES:
+            found[identifier], position = data[position], position + 1
+        elif identifier in _TWO_BYTE_PROPERTIES:
+            found[identifier], position = int.from_bytes(data[position : position + 2], "big"), position + 2
+        elif identifier in _FOUR_BYTE_PROPERTIES:
+            found[identifier], position = int.from_bytes(data[position : position + 4], "big"), position + 4
+        elif identifier in _VARIABLE_INT_PROPERTIES:
+            found[identifier], position = read_variable_int(data, position)
+        elif identifier in _STRING_PROPERTIES:
+            size = int.from_bytes(data[position : position + 2], "big")
+            found[identifier], position = data[position + 2 : position + 2 + size], position + 2 + size
+        elif identifier == _USER_PROPERTY:
+            for _ in range(2):
+                position += 2 + int.from_bytes(data[position : position + 2], "big")
+        else:
+            raise ProtocolViolation(f"unknown property 0x{identifier:02X}")
+    if position != end:
+        raise ProtocolViolation("a property runs past the end of its properties")
+    return found
+
+
+def read_puback(packet: Packet) -> tuple[int, int]:
+    """3.4: (packet identifier, reason code; 0x00 Success when omitted)."""
+    if len(packet.body) < 2:
+        raise ProtocolViolation("PUBACK shorter than 2 bytes")
+    return int.from_bytes(packet.body[0:2], "big"), packet.body[2] if len(packet.body) > 2 else 0x00
 
 
 def read_suback(packet: Packet) -> tuple[int, list[int]]:

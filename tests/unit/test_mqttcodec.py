@@ -75,7 +75,17 @@ def test_a_remaining_length_over_four_bytes_is_a_protocol_violation() -> None:
 
 
 def test_broker_answers_are_read() -> None:
-    assert mqttcodec.read_connack(Packet(mqttcodec.CONNACK, 0, b"\x01\x87\x00")) == (True, 0x87)
+    assert mqttcodec.read_connack(Packet(mqttcodec.CONNACK, 0, b"\x01\x87\x00")) == (True, 0x87, 65535)
+    # Mosquitto's: receive maximum 20, maximum QoS 1, retain available, a user property, topic alias maximum 10
+    body = b"\x00\x00\x12\x21\x00\x14\x24\x01\x25\x01\x26\x00\x01k\x00\x02vv\x22\x00\x0a"
+    assert mqttcodec.read_connack(Packet(mqttcodec.CONNACK, 0, body)) == (False, 0x00, 20)
+    assert mqttcodec.read_properties(b"\x08\x1f\x00\x02ok\x0b\x80\x01", 0) == {0x1F: b"ok", 0x0B: 128}
+    with pytest.raises(ProtocolViolation, match="unknown property"):
+        mqttcodec.read_properties(b"\x02\x7f\x00", 0)
+    with pytest.raises(ProtocolViolation, match="past the end"):
+        mqttcodec.read_properties(b"\x02\x11\x00\x00\x00\x00", 0)
+    assert mqttcodec.read_puback(Packet(mqttcodec.PUBACK, 0, b"\x00\x07")) == (7, 0x00)
+    assert mqttcodec.read_puback(Packet(mqttcodec.PUBACK, 0, b"\x00\x07\x87\x00")) == (7, 0x87)
     assert mqttcodec.read_suback(Packet(mqttcodec.SUBACK, 0, b"\x00\x01\x00\x01")) == (1, [0x01])
     assert mqttcodec.read_suback(Packet(mqttcodec.SUBACK, 0, b"\x00\x01\x03\x1f\x00\x00\x87")) == (1, [0x87])
     assert mqttcodec.read_disconnect(Packet(mqttcodec.DISCONNECT, 0, b"")) == 0x00
