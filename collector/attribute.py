@@ -21,6 +21,7 @@ its gpu time down (the Alabama paradox), which would bill more busy than held ti
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -71,12 +72,18 @@ def apportion(
     return dict(zip(keys, hamilton(total, [scaled[key] for key in keys], key_caps)))
 
 
-def hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> list[int]:
+def hamilton(total: int, weights: Sequence[int], caps: Sequence[int] | None = None) -> list[int]:
     """apportion on integer weights listed in key order; ties on the remainder go to the lower
     position, that is the smaller key. Lists and plain loops, not dicts or comprehensions: the
     collector calls this three times a GPU-window, mostly for two or three keys."""
-    if caps is None and len(weights) == 2:
-        return _hamilton_pair(total, weights[0], weights[1])
+    if len(weights) == 2:
+        seats = _hamilton_pair(total, weights[0], weights[1], caps)
+        if seats is not None:
+            return seats
+    elif len(weights) == 3:
+        seats = _hamilton_three(total, weights[0], weights[1], weights[2], caps)
+        if seats is not None:
+            return seats
     whole = sum(weights)
     if whole == 0:
         weights, whole = [1] * len(weights), len(weights)
@@ -85,9 +92,15 @@ def hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> l
         seat, remainder = divmod(total * weight, whole)  # remainders share the denominator `whole`
         seats.append(seat)
         remainders.append(remainder)
-    if caps is not None:
+    # A cap below a key's whole seats is rare (never for busy_ms capped at gpu_ms): test before copying.
+    if caps is not None and any(map(operator.gt, seats, caps)):
         seats = [min(seat, cap) for seat, cap in zip(seats, caps)]
     left = total - sum(seats)
+    if left == 1:  # the usual case: the unit goes to the first largest remainder, if it has room
+        first = remainders.index(max(remainders))
+        if caps is None or seats[first] < caps[first]:
+            seats[first] += 1
+            return seats
     if left > 0:
         # Largest remainder first; sorted() is stable under reverse=True, so ties keep the lower position.
         order = sorted(range(len(weights)), key=remainders.__getitem__, reverse=True)
@@ -99,20 +112,64 @@ def hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> l
     return seats
 
 
-def _hamilton_pair(total: int, a: int, b: int) -> list[int]:
+def _hamilton_pair(total: int, a: int, b: int, caps: Sequence[int] | None) -> list[int] | None:
     """hamilton for two keys: the remainders add up to the denominator times the units left, so at
-    most one unit is left, and it goes to the larger remainder (the first key on a tie)."""
+    most one unit is left, and it goes to the larger remainder (the first key on a tie), or with
+    `caps` to the other key when that one is full. None where caps cut a key below its whole
+    seats, or leave the unit no room: the general path decides (and raises)."""
     whole = a + b
     if whole == 0:
         a, b, whole = 1, 1, 2
     seat_a, remainder_a = divmod(total * a, whole)
     seat_b, remainder_b = divmod(total * b, whole)
+    if caps is None:
+        room_a = room_b = True
+    else:
+        room_a, room_b = seat_a < caps[0], seat_b < caps[1]
+        if seat_a > caps[0] or seat_b > caps[1]:
+            return None
     if seat_a + seat_b < total:
-        if remainder_a >= remainder_b:
+        if room_a and (remainder_a >= remainder_b or not room_b):
             seat_a += 1
-        else:
+        elif room_b:
             seat_b += 1
+        else:
+            return None
     return [seat_a, seat_b]
+
+
+def _hamilton_three(total: int, a: int, b: int, c: int, caps: Sequence[int] | None) -> list[int] | None:
+    """hamilton for three keys: at most two units are left; one goes to the first largest
+    remainder, two to all but the last smallest. None where caps cut a key below its whole seats
+    or leave a unit's key full: the general path decides (and raises)."""
+    whole = a + b + c
+    if whole == 0:
+        a, b, c, whole = 1, 1, 1, 3
+    seat_a, remainder_a = divmod(total * a, whole)
+    seat_b, remainder_b = divmod(total * b, whole)
+    seat_c, remainder_c = divmod(total * c, whole)
+    seats = [seat_a, seat_b, seat_c]
+    left = total - seat_a - seat_b - seat_c
+    if left == 1:
+        if remainder_a >= remainder_b and remainder_a >= remainder_c:
+            seats[0] += 1
+        elif remainder_b >= remainder_c:
+            seats[1] += 1
+        else:
+            seats[2] += 1
+    elif left == 2:
+        if remainder_c <= remainder_a and remainder_c <= remainder_b:
+            seats[0] += 1
+            seats[1] += 1
+        elif remainder_b <= remainder_a:
+            seats[0] += 1
+            seats[2] += 1
+        else:
+            seats[1] += 1
+            seats[2] += 1
+    if caps is not None and (seats[0] > caps[0] or seats[1] > caps[1] or seats[2] > caps[2]):
+        return None
+    return seats
 
 
 def _hand_out(left: int, order: Sequence[int], seats: list[int], caps: list[int]) -> None:

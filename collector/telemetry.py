@@ -4,8 +4,10 @@ Pure: no I/O. The same GPUs come back every window with the same jobs, so everyt
 GPU-window except its numbers is worked out once and kept, as a `GpuPlan`: the tags of its lines,
 which tenant each workload bills, the workloads text of each tenant line, and how holders merge
 into workloads. Per window what is left is integer arithmetic and number formatting. Plans are
-keyed by everything they were made from (GPU, holders, owners, each workload's tenant and
-identity text), so a changed job, identity or tenant rule finds no plan and gets a fresh one.
+kept per node by GPU and by a number for each of its workloads' identities, new whenever one
+changes, and dropped when the tenant rules change, so a changed job, identity or rule finds no
+plan and gets a fresh one. What does not depend on the GPU (a `Sharing`) is made once per set of
+workloads and shared by the plans of all GPUs that set holds.
 
 The lines are those of lineproto.gpu_lines and lineproto.tenant_usage_line fed with
 attribute.attribute() and attribute.by_tenant(), byte for byte (tests/unit/test_telemetry.py
@@ -15,10 +17,11 @@ MIG instances take that definition's path (collector/pipeline.py), being few.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import NamedTuple
 
-from gpufleet.wire import GpuWindow, Rejected, TelemetryWindow
+from gpufleet.wire import GpuWindow, Holder, Rejected, TelemetryWindow
 
 from . import lineproto
 from .attribute import UNALLOCATED, hamilton
@@ -31,14 +34,16 @@ MAX_FORMATS = 256
 class FieldFormat:
     """How the values of one field list become the field set of a `gpu` line: one `%` template
     for all fields, so that C does the formatting; integers as `42i`, the others as the wire
-    integer and its decimal exponent (`312460e-3`), as lineproto.gpu_lines writes them."""
+    integer and its decimal exponent (`312460e-3`), as lineproto.gpu_lines writes them.
+    The template says `%s`, not `%d`: the values are ints (wire validation refuses anything else,
+    bools too), which str() writes as %d does, a fifth faster."""
 
     def __init__(self, fields: tuple[str, ...]) -> None:
         plan, self.unknown = lineproto.field_plan(fields)
         self.energy_at = fields.index("energy_j") if "energy_j" in fields else None  # what attribution reads
         self.util_at = fields.index("util_gpu_pct") if "util_gpu_pct" in fields else None
         self._positions = None if len(plan) == len(fields) else [pos for pos, _, _ in plan]
-        self._pieces = [f"{name}=%d{lineproto.value_suffix(div)}," for _, name, div in plan]
+        self._pieces = [f"{name}=%s{lineproto.value_suffix(div)}," for _, name, div in plan]
         self._template = "".join(self._pieces)
         self._sparse: dict[tuple[bool, ...], str] = {}  # which values are present -> template
 
@@ -56,15 +61,57 @@ class FieldFormat:
         return template % tuple([arg for arg in args if arg is not None])
 
 
-class GpuPlan(NamedTuple):  # a NamedTuple: made for every changed job, and read field by field
+class Sharing(NamedTuple):  # a NamedTuple: made for every changed job, and read field by field
+    """How a GPU-window is split and billed, whatever the GPU: the same for every GPU that holds the
+    same workloads (holders in the same order) with the same tenants, so a job on 8 GPUs makes one."""
+
+    keys: tuple[str, ...]  # the workloads that share the window, sorted; (UNALLOCATED,) for nobody
+    holder_slots: tuple[int, ...] | None  # each holder's position in keys; None: owners share equally
+    # With two keys or more, each one held by one holder (none to merge): those holders in key
+    # order, as itemgetter(*positions) picks them, in C.
+    holders_in_key_order: Callable[[tuple[Holder, ...]], tuple[Holder, ...]] | None
+    slots_of_tenant: tuple[tuple[int, ...], ...]  # per tenant, sorted: the positions of its keys
+    tenant_texts: tuple[tuple[str, str], ...]  # per tenant, sorted: (`<tenant tag> `, `<workloads field> `)
+
+
+class GpuPlan(NamedTuple):
     """What a GPU-window's lines need besides its numbers."""
 
     gpu_head: str  # `gpu,<tags> `
-    keys: tuple[str, ...]  # the workloads that share the window, sorted; (UNALLOCATED,) for nobody
-    holder_slots: tuple[int, ...] | None  # each holder's position in keys; None: owners share equally
-    tenant_of_slot: tuple[int, ...]  # each key's position in tenant_lines
-    slot_of_tenant: tuple[int, ...] | None  # each tenant's one key, when no tenant has two
+    sharing: Sharing
     tenant_lines: tuple[tuple[str, str], ...]  # per tenant, sorted: (`tenant_usage,<tags> `, `uuid=..,workloads=.. `)
+
+
+_workload_of = itemgetter(0)  # Holder.workload, read in C
+
+
+class _NodePlans:
+    """One node's plans, kept by GPU (index, UUID, model) and the numbers of its holders or idle
+    owners: each identity a workload key has on the node gets a number, a new one whenever it
+    changes, so that a plan is found without looking at identities GPU by GPU."""
+
+    __slots__ = ("identities", "issued", "numbers", "plans", "workloads")
+
+    def __init__(self) -> None:
+        self.workloads: dict[str, dict] = {}  # the last message's
+        self.identities: dict[str, dict] = {}  # each workload key's last identity on the node
+        self.numbers: dict[str, int] = {}  # and its number
+        self.issued = 0  # numbers given so far
+        self.plans: dict[tuple, GpuPlan] = {}
+
+    def number(self, workloads: dict[str, dict]) -> int:
+        """Number the identities of a message; how many keys are new. Identities passed wire
+        validation (values str, int or None), so == is exact."""
+        if workloads == self.workloads:  # the usual case, one comparison in C
+            return 0
+        self.workloads, new = workloads, 0
+        for key, identity in workloads.items():
+            if self.identities.get(key) != identity:
+                new += key not in self.identities
+                self.identities[key] = identity
+                self.issued += 1
+                self.numbers[key] = self.issued
+        return new
 
 
 # A workload's (tenant, JSON piece of the workloads field), made once per message or kept longer.
@@ -75,13 +122,15 @@ class TelemetryLines:
     """Lines for the non-MIG GPUs of telemetry windows, with plans and formats kept across messages."""
 
     def __init__(self) -> None:
-        self._plans: dict[tuple, GpuPlan] = {}
+        self._nodes: dict[tuple[str, str], _NodePlans] = {}
+        self._kept = 0  # nodes, numbered identities and plans in _nodes: bounded by MAX_PLANS
+        self._sharings: dict[tuple, Sharing] = {}
         self._tags: dict[tuple, GpuTags] = {}
         self._formats: dict[tuple[str, ...], FieldFormat] = {}
 
     def forget(self) -> None:
-        """Drop the plans (tenant rules changed): memory, not correctness, since keys hold tenants."""
-        self._plans = {}
+        """Drop the plans (tenant rules changed): they are kept by identity, and the rules say its tenant."""
+        self._nodes, self._kept, self._sharings = {}, 0, {}
 
     def field_format(self, fields: tuple[str, ...]) -> FieldFormat:
         found = self._formats.get(fields)
@@ -92,18 +141,48 @@ class TelemetryLines:
             self._formats[fields] = found
         return found
 
-    def plan(self, window: TelemetryWindow, gpu: GpuWindow, party: Party) -> GpuPlan:
-        holder_keys = tuple([holder[0] for holder in gpu.holders])  # Holder.workload
-        involved = holder_keys or gpu.owners
+    def plans(self, window: TelemetryWindow, party: Party) -> list[GpuPlan]:
+        """A plan per GPU of the window, kept by node, GPU and the numbers of its workloads'
+        identities (_NodePlans): the same identities have the same tenants and JSON, the rules
+        being the same (forget()). Cheaper than asking every workload its tenant again."""
+        if self._kept >= MAX_PLANS:
+            self._nodes, self._kept = {}, 0
+        node = self._nodes.get((window.cluster, window.node))
+        if node is None:
+            node = self._nodes[(window.cluster, window.node)] = _NodePlans()
+            self._kept += 1
+        self._kept += node.number(window.workloads)
+        number_of = node.numbers.__getitem__
+        plans = []
+        for gpu in window.gpus:
+            # A number stands for one workload key with one identity: the holders' numbers, in
+            # order, say who shares the window; the owners' only when nothing ran.
+            holders = tuple(map(number_of, map(_workload_of, gpu.holders)))
+            idle_owners = () if holders else tuple(map(number_of, gpu.owners))
+            key = (gpu.index, gpu.uuid, gpu.model, holders, idle_owners)
+            found = node.plans.get(key)
+            if found is None:
+                found = node.plans[key] = self._new_plan(window, gpu, party)
+                self._kept += 1
+            plans.append(found)
+        return plans
+
+    def _new_plan(self, window: TelemetryWindow, gpu: GpuWindow, party: Party) -> GpuPlan:
+        holder_keys = tuple(map(_workload_of, gpu.holders))
+        idle_owners = () if holder_keys else gpu.owners  # they share the window only when nothing ran
         uuid = gpu.uuid
-        parties = tuple([party(key, uuid) for key in involved])
-        key = (window.cluster, window.node, gpu.index, gpu.uuid, gpu.model, holder_keys, gpu.owners, parties)
-        found = self._plans.get(key)
+        parties = tuple([party(key, uuid) for key in holder_keys or idle_owners])
+        return _gpu_plan(self._gpu_tags(window, gpu), self._sharing(holder_keys, idle_owners, parties))
+
+    def _sharing(self, holder_keys: tuple[str, ...], idle_owners: tuple[str, ...], parties: tuple[tuple[str, str], ...]) -> Sharing:
+        """The sharing of a GPU's window, kept apart from its plans: the other GPUs of a job find it made."""
+        key = (holder_keys, idle_owners, parties)
+        found = self._sharings.get(key)
         if found is None:
-            found = _make_plan(self._gpu_tags(window, gpu), holder_keys, dict(zip(involved, parties)))
-            if len(self._plans) >= MAX_PLANS:
-                self._plans = {}
-            self._plans[key] = found
+            found = _make_sharing(holder_keys, dict(zip(holder_keys or idle_owners, parties)))
+            if len(self._sharings) >= MAX_PLANS:
+                self._sharings = {}
+            self._sharings[key] = found
         return found
 
     def _gpu_tags(self, window: TelemetryWindow, gpu: GpuWindow) -> GpuTags:
@@ -117,8 +196,8 @@ class TelemetryLines:
             self._tags[key] = found
         return found
 
-    def gpu_line(self, window_tail: str, plan: GpuPlan, fields: FieldFormat, gpu: GpuWindow) -> str:
-        return f"{plan.gpu_head}{fields.fields(gpu.values)}{window_tail}"
+    def gpu_lines(self, window_tail: str, plans: list[GpuPlan], fields: FieldFormat, gpus: tuple[GpuWindow, ...]) -> list[str]:
+        return [f"{plan.gpu_head}{fields.fields(gpu.values)}{window_tail}" for plan, gpu in zip(plans, gpus)]
 
     def tenant_lines(
         self, plan: GpuPlan, gpu: GpuWindow, window_ms: int, energy_mj: int | None, util_centi: int | None, stamp: str
@@ -128,15 +207,21 @@ class TelemetryLines:
         if energy_mj is not None and energy_mj < 0:
             raise Rejected("bad_value", f"GPU {gpu.index} energy_j {energy_mj} is negative")
         busy = None if util_centi is None else _busy_ms(window_ms, util_centi)
-        shares = _split(plan, gpu, window_ms, busy, energy_mj)
+        sharing = plan.sharing
         if len(plan.tenant_lines) == 1:
-            return [_tenant_line(plan.tenant_lines[0], *_sum(shares), stamp)]
-        if plan.slot_of_tenant is not None:  # a tenant per workload: nothing to add up
-            return [_tenant_line(texts, *shares[slot], stamp) for texts, slot in zip(plan.tenant_lines, plan.slot_of_tenant)]
-        per_tenant: list[list] = [[] for _ in plan.tenant_lines]
-        for slot, share in enumerate(shares):
-            per_tenant[plan.tenant_of_slot[slot]].append(share)
-        return [_tenant_line(texts, *_sum(group), stamp) for texts, group in zip(plan.tenant_lines, per_tenant)]
+            # One tenant: its workloads' shares add up to the totals exactly (Hamilton), so no split.
+            holders = gpu.holders
+            memory = holders[0][2] if len(holders) == 1 else _memory_total(sharing, holders)  # Holder.mem_bytes
+            return [_tenant_line(plan.tenant_lines[0], window_ms, busy, energy_mj, memory, stamp)]
+        gpu_ms, busy_ms, energy, memory = _split(sharing, gpu.holders, window_ms, busy, energy_mj)
+        lines = []
+        for texts, slots in zip(plan.tenant_lines, sharing.slots_of_tenant):
+            if len(slots) == 1:
+                [slot] = slots
+                lines.append(_tenant_line(texts, gpu_ms[slot], busy_ms[slot], energy[slot], memory[slot], stamp))
+            else:
+                lines.append(_tenant_line(texts, *_tenant_total(slots, gpu_ms, busy_ms, energy, memory), stamp))
+        return lines
 
 
 def window_tail(window: TelemetryWindow) -> str:
@@ -154,38 +239,68 @@ def _busy_ms(window_ms: int, util_centi: int) -> int:
 Share = tuple[int, "int | None", "int | None", "int | None"]  # gpu_ms, busy_ms, energy_mj, peak_mem_bytes
 
 
-def _split(plan: GpuPlan, gpu: GpuWindow, window_ms: int, busy: int | None, energy_mj: int | None) -> list[Share]:
-    count = len(plan.keys)
-    memory: list[int | None] = [None] * count
-    if plan.holder_slots is None:
-        weights = [1] * count  # idle owners, or nobody: equal shares, no memory reading
+def _memory_total(sharing: Sharing, holders: tuple[Holder, ...]) -> int | None:
+    """The holders' memory added up, None without a reading: what by_tenant sums for one tenant."""
+    if sharing.holder_slots is None:
+        return None  # idle owners, or nobody: no memory reading
+    present = [holder[2] for holder in holders if holder[2] is not None]  # Holder.mem_bytes
+    return sum(present) if present else None
+
+
+Column = Sequence["int | None"]  # a quantity per key of a Sharing
+
+
+def _split(
+    sharing: Sharing, holders: tuple[Holder, ...], window_ms: int, busy: int | None, energy_mj: int | None
+) -> tuple[Column, Column, Column, Column]:
+    """attribute.attribute's shares, as columns: gpu_ms, busy_ms, energy_mj and peak_mem_bytes per key."""
+    weights, memory = _weights(sharing, holders)
+    gpu_ms = hamilton(window_ms, weights)
+    absent = (None,) * len(weights)
+    if busy is None:
+        busy_ms: Column = absent
+    elif busy == 0 or busy == window_ms:  # idle, or busy throughout: no split needed
+        busy_ms = gpu_ms if busy else [0] * len(weights)
+    else:
+        busy_ms = hamilton(busy, weights, caps=gpu_ms)
+    energy = hamilton(energy_mj, weights) if energy_mj is not None else absent
+    return gpu_ms, busy_ms, energy, memory
+
+
+def _weights(sharing: Sharing, holders: tuple[Holder, ...]) -> tuple[Sequence[int], Sequence[int | None]]:
+    """Each key's weight and memory, as attribute() finds them: holders merged per workload, SM
+    shares if any, else memory, else equal. A holder without a reading counts 0."""
+    count = len(sharing.keys)
+    if sharing.holder_slots is None:
+        return [1] * count, [None] * count  # idle owners, or nobody: equal shares, no memory reading
+    if sharing.holders_in_key_order is not None:  # a holder per workload: nothing to merge
+        _, sm, memory = zip(*sharing.holders_in_key_order(holders))  # (workload, sm_util_centi, mem_bytes)
+        if None in sm:
+            sm = [centi or 0 for centi in sm]
     else:
         sm = [0] * count
-        for slot, holder in zip(plan.holder_slots, gpu.holders):
-            if holder.sm_util_centi is not None:
-                sm[slot] += holder.sm_util_centi
-            if holder.mem_bytes is not None:
+        memory = [None] * count
+        for slot, (_, sm_util_centi, mem_bytes) in zip(sharing.holder_slots, holders):
+            if sm_util_centi is not None:
+                sm[slot] += sm_util_centi
+            if mem_bytes is not None:
                 before = memory[slot]
-                memory[slot] = holder.mem_bytes if before is None else before + holder.mem_bytes
-        weights = sm if sum(sm) > 0 else [m or 0 for m in memory]
-    if count == 1:
-        return [(window_ms, busy, energy_mj, memory[0])]
-    gpu_ms = hamilton(window_ms, weights)
-    busy_ms = hamilton(busy, weights, caps=gpu_ms) if busy is not None else [None] * count
-    energy = hamilton(energy_mj, weights) if energy_mj is not None else [None] * count
-    return list(zip(gpu_ms, busy_ms, energy, memory))
+                memory[slot] = mem_bytes if before is None else before + mem_bytes
+    if sum(sm) > 0:
+        return sm, memory
+    return [m or 0 for m in memory], memory
 
 
-def _sum(shares: list[Share]) -> Share:
-    if len(shares) == 1:
-        return shares[0]
-    gpu_ms, busy, energy, memory = zip(*shares)
-    return sum(gpu_ms), _sum_present(busy), _sum_present(energy), _sum_present(memory)
-
-
-def _sum_present(values: tuple[int | None, ...]) -> int | None:
-    present = [value for value in values if value is not None]
-    return sum(present) if present else None
+def _tenant_total(slots: tuple[int, ...], gpu_ms: Column, busy_ms: Column, energy: Column, memory: Column) -> Share:
+    """attribute.by_tenant's sums over the keys at `slots`. busy_ms and energy_mj are the GPU's
+    readings split, so absent for every key or for none; memory may be absent for some."""
+    memory_present = [memory[slot] for slot in slots if memory[slot] is not None]
+    return (
+        sum([gpu_ms[slot] for slot in slots]),
+        None if busy_ms[0] is None else sum([busy_ms[slot] for slot in slots]),
+        None if energy[0] is None else sum([energy[slot] for slot in slots]),
+        sum(memory_present) if memory_present else None,
+    )
 
 
 def _tenant_line(
@@ -193,6 +308,11 @@ def _tenant_line(
 ) -> str:
     head, tail = texts
     # lineproto.tenant_usage_line's fields, thousandths written as `n e-3`
+    if busy_ms is not None and energy_mj is not None and memory is not None:  # the usual case, in one piece
+        return (
+            f"{head}gpu_s={gpu_ms}e-3,busy_gpu_s={busy_ms}e-3,idle_gpu_s={gpu_ms - busy_ms}e-3,energy_j={energy_mj}e-3"
+            f",peak_mem_bytes={memory}i,{tail}{stamp}"
+        )
     busy = "" if busy_ms is None else f",busy_gpu_s={busy_ms}e-3,idle_gpu_s={gpu_ms - busy_ms}e-3"
     energy = "" if energy_mj is None else f",energy_j={energy_mj}e-3"
     peak = "" if memory is None else f",peak_mem_bytes={memory}i"
@@ -214,22 +334,50 @@ class GpuTags(NamedTuple):
         )
 
 
-def _make_plan(tags: GpuTags, holder_keys: tuple[str, ...], parties: dict[str, tuple[str, str]]) -> GpuPlan:
-    keys = tuple(sorted(parties)) or (UNALLOCATED,)
+def _gpu_plan(tags: GpuTags, sharing: Sharing) -> GpuPlan:
+    """A GPU's tags put in front of a sharing's texts."""
+    tenant_lines = tuple([(tags.tenant_head + tenant, tags.uuid_field + workloads) for tenant, workloads in sharing.tenant_texts])
+    return GpuPlan(tags.gpu_head, sharing, tenant_lines)
+
+
+def _make_sharing(holder_keys: tuple[str, ...], parties: dict[str, tuple[str, str]]) -> Sharing:
+    if len(parties) <= 1:
+        return _sharing_of_one(holder_keys, *parties.items() or [(UNALLOCATED, (UNALLOCATED, ""))])
+    keys = tuple(sorted(parties))
     # attribute.by_tenant: the UNALLOCATED share stays UNALLOCATED whatever the rules say
-    tenant_of_key = {key: UNALLOCATED if key == UNALLOCATED else parties[key][0] for key in keys}
-    tenants = sorted(set(tenant_of_key.values()))
-    tenant_lines = []
-    for tenant in tenants:
-        pieces = [parties[key][1] for key in keys if key != UNALLOCATED and tenant_of_key[key] == tenant]
-        head = f"{tags.tenant_head}{lineproto.tag_few(tenant)} "
-        tenant_lines.append((head, f"{tags.uuid_field}{lineproto.workloads_json_field(pieces)} "))
-    tenant_of_slot = tuple(tenants.index(tenant_of_key[key]) for key in keys)
-    return GpuPlan(
-        gpu_head=tags.gpu_head,
-        keys=keys,
-        holder_slots=tuple(keys.index(key) for key in holder_keys) if holder_keys else None,
-        tenant_of_slot=tenant_of_slot,
-        slot_of_tenant=tuple(tenant_of_slot.index(t) for t in range(len(tenants))) if len(tenants) == len(keys) else None,
-        tenant_lines=tuple(tenant_lines),
+    tenant_of_key = [UNALLOCATED if key == UNALLOCATED else parties[key][0] for key in keys]
+    tenants = sorted(set(tenant_of_key))
+    slots_of_tenant: list[list[int]] = [[] for _ in tenants]
+    for slot, tenant in enumerate(tenant_of_key):
+        slots_of_tenant[tenants.index(tenant)].append(slot)
+    tenant_texts = []
+    for tenant, slots in zip(tenants, slots_of_tenant):
+        pieces = [parties[keys[slot]][1] for slot in slots if keys[slot] != UNALLOCATED]
+        tenant_texts.append((f"{lineproto.tag_few(tenant)} ", f"{lineproto.workloads_json_field(pieces)} "))
+    holder_slots = tuple([keys.index(key) for key in holder_keys]) if holder_keys else None
+    return Sharing(
+        keys,
+        holder_slots,
+        _holders_in_key_order(holder_slots, len(keys)),
+        tuple([tuple(slots) for slots in slots_of_tenant]),
+        tuple(tenant_texts),
     )
+
+
+def _sharing_of_one(holder_keys: tuple[str, ...], party: tuple[str, tuple[str, str]]) -> Sharing:
+    """_make_sharing for one workload, the usual case (a GPU per job), or for nobody (UNALLOCATED)."""
+    key, (tenant, piece) = party
+    if key == UNALLOCATED:  # as in _make_sharing: a workload of that name stays UNALLOCATED, and unbilled
+        tenant, pieces = UNALLOCATED, []
+    else:
+        pieces = [piece]
+    texts = (f"{lineproto.tag_few(tenant)} ", f"{lineproto.workloads_json_field(pieces)} ")
+    holder_slots = (0,) * len(holder_keys) if holder_keys else None
+    return Sharing((key,), holder_slots, None, ((0,),), (texts,))
+
+
+def _holders_in_key_order(holder_slots: tuple[int, ...] | None, count: int) -> Callable | None:
+    """Sharing.holders_in_key_order: None with one key, or when a workload has several holders."""
+    if count < 2 or holder_slots is None or len(holder_slots) != count:  # (every key is a holder's: counts tell)
+        return None
+    return itemgetter(*[holder_slots.index(slot) for slot in range(count)])

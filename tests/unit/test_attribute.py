@@ -290,3 +290,49 @@ def test_the_two_key_shortcut_is_hamilton(total: int, a: int, b: int) -> None:
     remainders = [total * w % whole for w in weights]
     _hand_out(total - sum(seats), sorted(range(2), key=lambda i: (-remainders[i], i)), seats, [total, total])
     assert hamilton(total, [a, b]) == seats
+
+
+def textbook_hamilton(total: int, weights: list[int], caps: list[int] | None = None) -> list[int]:
+    """Largest remainder in its plainest form, without hamilton's shortcuts: floors (capped), then
+    one unit at a time by remainder, ties to the lower position, skipping full keys round after
+    round; ValueError when the caps cannot hold the total."""
+    if sum(weights) == 0:
+        weights = [1] * len(weights)
+    whole = sum(weights)
+    seats = [total * w // whole for w in weights]
+    if caps is not None:
+        seats = [min(seat, cap) for seat, cap in zip(seats, caps)]
+    order = sorted(range(len(weights)), key=lambda i: (-(total * weights[i] % whole), i))
+    left = total - sum(seats)
+    while left > 0:
+        open_keys = [i for i in order if caps is None or seats[i] < caps[i]]
+        if not open_keys:
+            raise ValueError("caps sum below the total")
+        for i in open_keys[:left]:
+            seats[i] += 1
+        left = total - sum(seats)
+    return seats
+
+
+@settings(max_examples=500)
+@given(st.data())
+def test_hamilton_with_its_shortcuts_is_the_textbook_method(data: st.DataObject) -> None:
+    from gpufleet.collector.attribute import hamilton
+
+    weights = data.draw(st.lists(st.integers(0, 10**6) | st.sampled_from([0, 1, 7]), min_size=1, max_size=5))
+    total = data.draw(st.integers(0, 10**9) | st.integers(0, 20))
+    # Caps as the collector gives them (busy ms under each key's own gpu ms), and others near the
+    # seats: some below a key's whole seats, some not enough for the total (far ones only take
+    # long, one unit a round).
+    gpu = textbook_hamilton(total, weights)
+    near = st.tuples(*[st.integers(max(0, seat - 2), seat + 2) for seat in gpu]).map(list)
+    caps = data.draw(st.sampled_from([None, gpu]) | near)
+    if caps is gpu:
+        total = data.draw(st.integers(0, total))
+    try:
+        expected = textbook_hamilton(total, weights, caps)
+    except ValueError:
+        with pytest.raises(ValueError):
+            hamilton(total, weights, caps)
+        return
+    assert hamilton(total, weights, caps) == expected

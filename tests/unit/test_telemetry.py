@@ -2,6 +2,7 @@
 definition writes: attribute.attribute + attribute.by_tenant + lineproto, on random windows,
 cold and with its plans warm."""
 
+import dataclasses
 from fractions import Fraction
 
 from hypothesis import given, settings
@@ -113,3 +114,24 @@ def test_a_changed_identity_or_rule_set_finds_no_stale_plan() -> None:
     assert tenants(moved) == ["unallocated"]  # same job key, new account: a new plan
     rules[0] = TenantRules.from_toml('[[tenants.rule]]\ntenant = "lab-z"\nmatch = { slurm_account = "acct-a" }\n')
     assert tenants(window) == ["lab-z"]  # reloaded rules: new tenants at once
+
+
+@st.composite
+def changing_identities(draw: st.DrawFn) -> dict[str, dict]:
+    """IDENTITIES with some accounts and namespaces changed: the same keys, other tenants or JSON."""
+    identities = {key: dict(identity) for key, identity in IDENTITIES.items()}
+    for key in ("slurm:1", "slurm:3"):
+        identities[key]["account"] = draw(st.sampled_from(["acct-a", "acct-u", "acct-z"]))
+    identities["k8s:p"]["namespace"] = draw(st.sampled_from(["team-b", "team-c"]))
+    return identities
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(windows(), changing_identities()), min_size=2, max_size=6))
+def test_plans_kept_across_windows_follow_changed_and_returning_identities(sequence: list) -> None:
+    pipeline = Pipeline(lambda: RULES)  # one for all the node's windows, its plans kept between them
+    for window, identities in sequence:
+        window = dataclasses.replace(window, workloads=identities)
+        lines, rejection = pipeline.handle(wire.telemetry_topic("c1", "n1"), wire.encode_telemetry(window), NOW)
+        assert rejection is None
+        assert lines == reference_lines(window)
