@@ -1,11 +1,12 @@
 """One node's agent: sample GPUs, close a window every publish interval, deliver it.
 
 Two tasks joined by a spool (agent/spool.py): the sampler never waits for the network, and the
-publisher sends the spool in order, reconnecting with backoff when the broker goes away. An event
-leaves the spool when the broker acknowledges it; a window when a collector says it is stored
-(gpufleet/ack/v1/<cluster>/<node>), and a window unconfirmed after `resend_after_s` is sent again,
-so that no window is lost to a broker restart, a collector crash or a collector that died for
-good (InfluxDB keeps one point per series and time, so a repeat is harmless).
+publisher sends the spool in order, reconnecting with backoff when the broker goes away. A window
+or event leaves the spool when a collector says it is stored (gpufleet/ack/v1/<cluster>/<node>:
+windows by sequence number, events by a digest of their bytes), and one unconfirmed after
+`resend_after_s` is sent again, so that nothing is lost to a broker restart, a collector crash or
+a time without any collector (InfluxDB keeps one point per series and time, so a repeat is
+harmless).
 
 Windows are contiguous: each starts where the previous one ended, so the window lengths of a GPU
 add up to the time it was watched (the basis of GPU-seconds billing). Sequence numbers continue
@@ -56,7 +57,9 @@ class AgentStats:
     gpu_windows_published: int = 0
     windows_stored: int = 0  # confirmed stored by a collector
     windows_resent: int = 0
-    events_published: int = 0
+    events_published: int = 0  # acknowledged by the broker, each event once
+    events_stored: int = 0  # confirmed stored by a collector
+    events_resent: int = 0
     connects: int = 0
     samples: int = 0  # progress of the sampling loop: what the systemd watchdog is fed from
     # window end -> stored confirmation received, ms, for the latest windows (bench/latency.py)
@@ -102,6 +105,7 @@ class NodeAgent:
         self._aggregator = WindowAggregator(cadence.sample_ms)
         self._gpu_counts: dict[int, int] = {}  # spool id -> GPUs in that window, for the stats
         self._window_ends: dict[int, int] = {}  # seq -> t1_ms of windows not yet confirmed
+        self._event_ids: dict[int, int] = {}  # wire.event_digest -> spool id, of events sent
         self._spooled = asyncio.Event()
         self.stats = AgentStats()
 
@@ -229,17 +233,22 @@ class NodeAgent:
     async def _receive_stored(self, link: MqttLink) -> None:
         async for message in link.messages():
             try:
-                seqs = wire.decode_stored(message.payload)
+                stored = wire.decode_stored(message.payload)
             except wire.Rejected as rejection:
                 log.warning("%s: ignored a bad stored acknowledgement: %s", self.node, rejection)
                 continue
             now_ms = self._now_ms()
-            for seq in seqs:
+            for seq in stored.seqs:
                 if (end_ms := self._window_ends.pop(seq, None)) is not None:
                     self.stats.stored_latency_ms.append(now_ms - end_ms)
-            for item_id in self.spool.remove_seqs(seqs):
+            for item_id in self.spool.remove_seqs(stored.seqs):
                 self._forget(item_id)
                 self.stats.windows_stored += 1
+            for digest in stored.events:
+                if (item_id := self._event_ids.pop(digest, None)) is not None and item_id in self.spool:
+                    self.spool.remove(item_id)
+                    self._forget(item_id)
+                    self.stats.events_stored += 1
             self._spooled.set()  # the sender may be waiting for the spool to empty
 
     def _forget(self, item_id: int) -> None:
@@ -260,6 +269,7 @@ class NodeAgent:
             if len(self._sent_at) > len(self.spool):  # windows the spool's bound pushed out
                 for gone in set(self._sent_at).difference(self.spool.ids()):
                     self._forget(gone)
+                self._event_ids = {digest: i for digest, i in self._event_ids.items() if i in self.spool}
             due = [i for i in self.spool.ids() if self._sent_at.get(i, now) <= now]
             if not due:
                 self._spooled.clear()
@@ -280,11 +290,13 @@ class NodeAgent:
         first_time = item_id not in self._sent_at
         gpus = self._gpu_counts.get(item_id, 0)
         await link.publish(item.topic, item.payload)
-        if item.seq is None:  # an event: the broker has it, and it carries its own time
-            self.spool.remove(item_id)
-            self.stats.events_published += 1
-            return
-        if first_time:
+        if item.seq is None:  # an event: confirmed by its digest (a resend has the same bytes)
+            self._event_ids[wire.event_digest(item.payload)] = item_id
+            if first_time:
+                self.stats.events_published += 1
+            else:
+                self.stats.events_resent += 1
+        elif first_time:
             self.stats.windows_published += 1
             self.stats.gpu_windows_published += gpus
         else:

@@ -126,7 +126,7 @@ async def publish_and_wait(
     async def confirmed(link: MqttSubscriber) -> float:
         async for message in link.messages():
             node = message.topic.rsplit("/", 1)[1]
-            pending[node].difference_update(wire.decode_stored(message.payload))
+            pending[node].difference_update(wire.decode_stored(message.payload).seqs)
             if not pending[node]:
                 del pending[node]
                 if not pending:

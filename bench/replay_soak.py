@@ -100,7 +100,7 @@ async def listen(address: BrokerAddress, ledger: Ledger, ready: asyncio.Event) -
         await link.subscribe(f"gpufleet/ack/v1/{CLUSTER}/#")
         ready.set()
         async for message in link.messages():
-            ledger.confirm(message.topic.rsplit("/", 1)[1], wire.decode_stored(message.payload), time.time())
+            ledger.confirm(message.topic.rsplit("/", 1)[1], wire.decode_stored(message.payload).seqs, time.time())
 
 
 async def run(args: argparse.Namespace, broker: localstack.Mosquitto, pids: dict[str, list[int]]) -> tuple[int, Ledger]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gpufleet import wire
 from gpufleet.wire import Rejected
@@ -45,6 +46,15 @@ class PipelineCounters:
         return fields
 
 
+class Accepted(NamedTuple):
+    """A message its agent waits to hear is stored: a window (by seq) or an event (by digest)."""
+
+    cluster: str
+    node: str
+    seq: int | None
+    event_digest: int | None
+
+
 class Pipeline:
     def __init__(self, tenant_rules: Callable[[], TenantRules] = TenantRules) -> None:
         """`tenant_rules` is asked once per message, so that reloaded rules apply at once."""
@@ -52,14 +62,14 @@ class Pipeline:
         self._tenant_rules = tenant_rules
         self._tenants = _TenantCache()
         self._telemetry = TelemetryLines()
-        # (cluster, node, seq) of the last message if it was an accepted window: what the collector
-        # confirms to the agent once the lines are stored. None after anything else.
-        self.accepted_window: tuple[str, str, int] | None = None
+        # What the collector confirms to the agent once the last message's lines are stored: an
+        # accepted window or event. None after anything else.
+        self.accepted: Accepted | None = None
 
     def handle(self, topic: str, payload: bytes, now_ms: int) -> tuple[list[str], Rejected | None]:
         """Lines to write for one message, or no lines and the rejection (already counted)."""
         self.counters.received += 1
-        self.accepted_window = None
+        self.accepted = None
         try:
             lines = self._lines(wire.parse_topic(topic), payload, now_ms)
         except Rejected as rejection:
@@ -72,8 +82,10 @@ class Pipeline:
         if topic.kind == "telemetry":
             return self._telemetry_lines(wire.decode_telemetry(payload, topic, now_ms))
         if topic.kind == "events":
+            event = wire.decode_event(payload, topic, now_ms)
             self.counters.events += 1
-            return [lineproto.event_line(wire.decode_event(payload, topic, now_ms))]
+            self.accepted = Accepted(topic.cluster, topic.node, None, wire.event_digest(payload))
+            return [lineproto.event_line(event)]
         self.counters.states += 1
         return [lineproto.state_line(wire.decode_state(payload, topic, now_ms), now_ms)]
 
@@ -83,14 +95,14 @@ class Pipeline:
         if rules is not self._tenants.rules:
             self._telemetry.forget()
         memo = _MessageMemo(window, self._tenants.using(rules))
-        plans = [self._telemetry.plan(window, gpu, memo.party) for gpu in window.gpus]
+        plans = self._telemetry.plans(window, memo.party)
         usage = self._tenant_usage_lines(window, plans, fields, memo)  # first: it may still reject the message
         tail = window_tail(window)
-        lines = [self._telemetry.gpu_line(tail, plan, fields, gpu) for plan, gpu in zip(plans, window.gpus)]
+        lines = self._telemetry.gpu_lines(tail, plans, fields, window.gpus)
         self.counters.unknown_fields += len(fields.unknown)
         self.counters.gpu_windows += len(window.gpus)
         self.counters.tenant_points += len(usage)
-        self.accepted_window = (window.cluster, window.node, window.seq)
+        self.accepted = Accepted(window.cluster, window.node, window.seq, None)
         lines += usage
         return lines
 

@@ -22,7 +22,7 @@ from gpufleet.retry import Backoff
 from . import lineproto
 from .buffer import WriteBuffer
 from .influx import InfluxWriter, WriteFailed
-from .pipeline import Pipeline
+from .pipeline import Accepted, Pipeline
 from .tenants import TenantRules
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,10 @@ class Collector:
         self.subscribed = asyncio.Event()
         self._link: MqttSubscriber | None = None
         self._draining = False
-        # (buffer position of its last line, message, (cluster, node, seq) if a window)
-        self._unacked: deque[tuple[int, Received, tuple[str, str, int] | None]] = deque()
-        self._stored: dict[tuple[str, str], list[int]] = {}  # windows stored since the last confirmation
+        # (buffer position of its last line, message, what to confirm to its agent once stored)
+        self._unacked: deque[tuple[int, Received, Accepted | None]] = deque()
+        # per (cluster, node): window seqs and event digests stored since the last confirmation
+        self._stored: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
         self._confirmed_at = 0.0  # time.monotonic() of the last confirmation round
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -159,29 +160,32 @@ class Collector:
             self._rejections.rejected(message.topic, rejection, now)
         # Acknowledged (PUBACK, and `stored` to the agent) only once its lines are in InfluxDB or it
         # was refused: the broker's in-flight limit then holds the stream back while InfluxDB is away.
-        self._unacked.append((self.buffer.extend(lines), message, self.pipeline.accepted_window))
+        self._unacked.append((self.buffer.extend(lines), message, self.pipeline.accepted))
         self._ack_written()
         if len(self.buffer) >= self._options.batch_lines:
             self._wake_flush.set()
 
     def _ack_written(self) -> None:
         while self._unacked and self._unacked[0][0] <= self.buffer.removed:
-            _, message, window = self._unacked.popleft()
+            _, message, accepted = self._unacked.popleft()
             if self._link is not None:
                 self._link.ack(message)
-            if window is not None:
-                cluster, node, seq = window
-                self._stored.setdefault((cluster, node), []).append(seq)
+            if accepted is not None:
+                seqs, events = self._stored.setdefault((accepted.cluster, accepted.node), ([], []))
+                if accepted.seq is not None:
+                    seqs.append(accepted.seq)
+                else:
+                    events.append(accepted.event_digest)
 
     async def _confirm_stored(self) -> None:
-        """Tell each agent which of its windows are now stored (one message per node per flush)."""
+        """Tell each agent which of its windows and events are now stored (one message per node per flush)."""
         stored, self._stored = self._stored, {}
         if self._link is None:
             return  # the agents will send those windows again; InfluxDB keeps one copy
-        for (cluster, node), seqs in stored.items():
+        for (cluster, node), (seqs, events) in stored.items():
             try:
                 # QoS 0: nothing to wait for; a lost confirmation only costs the agent a resend.
-                await self._link.publish(wire.stored_topic(cluster, node), wire.encode_stored(seqs), qos=0)
+                await self._link.publish(wire.stored_topic(cluster, node), wire.encode_stored(seqs, events), qos=0)
             except MqttError:
                 return
 

@@ -6,8 +6,9 @@ Topics (MQTT v5, QoS 1):
     gpufleet/v1/<cluster>/<node>/events      XID, double-bit ECC, row-remap failure, GPU lost
 
 Collectors answer on `gpufleet/ack/v1/<cluster>/<node>` (outside the telemetry subscription) with
-the sequence numbers of the node's windows that are now stored in InfluxDB; an agent keeps a
-window in its spool, and sends it again, until one collector has said so.
+the sequence numbers of the node's windows and the digests (`event_digest`) of its events that are
+now stored in InfluxDB; an agent keeps a window or event in its spool, and sends it again, until
+one collector has said so.
 
 Payloads are MessagePack maps; a telemetry payload is also zlib-compressed (RFC 1950: its first
 byte is 0x78, which no MessagePack map starts with, so either form is read). Telemetry carries each
@@ -39,9 +40,11 @@ collector counts rejections per reason, so the set is fixed and small.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 from dataclasses import dataclass, field
+from itertools import chain, compress
 from typing import Any, NamedTuple
 
 import msgpack
@@ -133,7 +136,22 @@ class Topic:
     kind: str  # telemetry | state | events
 
 
+# Topics already parsed: a node publishes on the same three. Bounded, emptied when full.
+_TOPICS: dict[str, Topic] = {}
+_TOPICS_MAX = 1 << 17  # three a node: a 200,000-GPU fleet has 25,000 nodes
+
+
 def parse_topic(topic: str) -> Topic:
+    found = _TOPICS.get(topic)
+    if found is None:
+        found = _parse_topic(topic)
+        if len(_TOPICS) >= _TOPICS_MAX:
+            _TOPICS.clear()
+        _TOPICS[topic] = found
+    return found
+
+
+def _parse_topic(topic: str) -> Topic:
     parts = topic.split("/")
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
         raise Rejected("bad_topic", f"not {TOPIC_ROOT}/<cluster>/<node>/<kind>: {topic[:200]!r}")
@@ -457,25 +475,26 @@ def _len(value: Any) -> str:
     return str(len(value)) if isinstance(value, list) else "no list of"
 
 
-# Identities already found valid, as (key, items, value types): a job's identity comes back every
-# window. The types are part of it because 1 == 1.0 == True: a cached {"uid": 1} must not pass
-# {"uid": True}.
-_VALID_IDENTITIES: set[tuple[Any, ...]] = set()
+# The last identity found valid for each workload key, copied (no caller holds it): a job's
+# identity comes back every window, and comparing with the last one is cheaper than any hashing.
+# Equal is not enough, since 1 == 1.0 == True: the values must also be of the types that pass
+# _check_identity (str, int, None), and then each equals a value that passed it, so passes too.
+_VALID_IDENTITIES: dict[str, dict[str, str | int | None]] = {}
+_IDENTITY_VALUE_TYPES = frozenset({str, int, type(None)})
 
 
 def _decode_identity(key: Any, identity: Any) -> dict[str, str | int]:
-    if isinstance(identity, dict):
-        try:
-            seen = (key, *identity.items(), *map(type, identity.values()))
-            if seen in _VALID_IDENTITIES:
-                return identity
-        except TypeError:  # an unhashable value: the checks below refuse it
-            seen = None
-    else:
-        seen = None
+    if (
+        type(key) is str
+        and type(identity) is dict
+        and _VALID_IDENTITIES.get(key) == identity
+        and _IDENTITY_VALUE_TYPES.issuperset(map(type, identity.values()))
+    ):
+        return identity
     _check_identity(key, identity)
-    if seen is not None:
-        _remember(_VALID_IDENTITIES, seen)
+    if len(_VALID_IDENTITIES) >= _VALID_MAX:
+        _VALID_IDENTITIES.clear()
+    _VALID_IDENTITIES[key] = dict(identity)
     return identity
 
 
@@ -484,7 +503,9 @@ def _check_identity(key: Any, identity: Any) -> None:
     if not isinstance(identity, dict) or len(identity) > MAX_IDENTITY_KEYS:
         raise Rejected("limits", f"identity of {key!r} must be a map of at most {MAX_IDENTITY_KEYS} keys")
     for name, value in identity.items():
-        _check_name("identity key", name, _FIELD)
+        if type(name) is not str or name not in _VALID_IDENTITY_KEYS:  # a few names, in every identity
+            _check_name("identity key", name, _FIELD)
+            _remember(_VALID_IDENTITY_KEYS, name)
         if isinstance(value, str):
             if len(value) > 256 or _CONTROL.search(value):
                 raise Rejected("bad_name", f"identity {key!r}.{name} is too long or has control characters")
@@ -538,7 +559,7 @@ _FIELD_NAMES: dict[tuple[int, ...], tuple[str, ...]] = {}
 def _decode_field_ids(raw: Any) -> tuple[str, ...]:
     if not isinstance(raw, list) or len(raw) > MAX_FIELDS:
         raise Rejected("limits", f"'fields' must be a list of at most {MAX_FIELDS} field ids")
-    if all(type(i) is int for i in raw):
+    if _INT.issuperset(map(type, raw)):  # ints only: 1.0 and True would find the names of 1
         names = _FIELD_NAMES.get(tuple(raw))
         if names is not None:
             return names
@@ -557,7 +578,9 @@ def _decode_models(raw: Any) -> list[str]:
     if not isinstance(raw, list) or len(raw) > MAX_GPUS:
         raise Rejected("limits", f"'models' must be a list of at most {MAX_GPUS} names")
     for model in raw:
-        _check_name("model", model, _MODEL)
+        if type(model) is not str or model not in _VALID_MODELS:  # (a list would not even hash)
+            _check_name("model", model, _MODEL)
+            _remember(_VALID_MODELS, model)
     return raw
 
 
@@ -582,36 +605,45 @@ def _decode_gpu_rows(rows: list[Any], field_count: int, models: list[str], keys:
     only a message that fails that is checked again row by row, to name the bad number."""
     for raw in rows:
         _check_row_shape(raw, field_count, len(models))
-    values = [value for raw in rows for value in raw[3]]
-    holders = [item for raw in rows for item in raw[4]]
-    owners = [owner for raw in rows for owner in raw[5]]
+    values = list(chain.from_iterable([raw[3] for raw in rows]))
+    holders = list(chain.from_iterable([raw[4] for raw in rows]))
+    workload_numbers = holders[0::3] + list(chain.from_iterable([raw[5] for raw in rows]))  # holders' and owners'
     if not (
         _within(values, MAX_ABS_INT, -MAX_ABS_INT)
-        and _within(holders[0::3], len(keys) - 1, allow_none=False)
+        and _within(workload_numbers, len(keys) - 1, allow_none=False)
         and _within(holders[1::3], 10_000)
         and _within(holders[2::3], MAX_HOLDER_MEMORY)
-        and _within(owners, len(keys) - 1, allow_none=False)
     ):
         return tuple(_decode_gpu_row(raw, models, keys) for raw in rows)
     return tuple(
-        GpuWindow(
-            raw[0],
-            raw[1],
-            models[raw[2]],
-            tuple(raw[3]),
-            _holders_of(raw[4], keys),
-            tuple([keys[owner] for owner in raw[5]]) if raw[5] else (),
-            _decode_mig(raw[6]) if len(raw) > 6 else None,
-        )
-        for raw in rows
+        [
+            _new_tuple(
+                GpuWindow,
+                (
+                    raw[0],
+                    raw[1],
+                    models[raw[2]],
+                    tuple(raw[3]),
+                    _holders_of(raw[4], keys),
+                    tuple(map(keys.__getitem__, raw[5])),
+                    _decode_mig(raw[6]) if len(raw) > 6 else None,
+                ),
+            )
+            for raw in rows
+        ]
     )
+
+
+# GpuWindow(...) and Holder(...) without the Python function that NamedTuple puts in front of
+# tuple.__new__: the same tuple, made a few times a GPU-window. Only for fields already checked.
+_new_tuple = tuple.__new__
 
 
 def _holders_of(flat: list[Any], keys: list[str]) -> tuple[Holder, ...]:
     """Holders from checked [workload#, sm_util_centi, mem_bytes, ...]."""
     if len(flat) == 3:  # one workload on the GPU: the usual case
-        return (Holder(keys[flat[0]], flat[1], flat[2]),)
-    return tuple(map(Holder, [keys[n] for n in flat[0::3]], flat[1::3], flat[2::3]))
+        return (_new_tuple(Holder, (keys[flat[0]], flat[1], flat[2])),)
+    return tuple([_new_tuple(Holder, holder) for holder in zip(map(keys.__getitem__, flat[0::3]), flat[1::3], flat[2::3])])
 
 
 def _check_row_shape(raw: Any, field_count: int, model_count: int) -> None:
@@ -647,8 +679,11 @@ def _decode_gpu_row(raw: list[Any], models: list[str], keys: list[str]) -> GpuWi
     )
 
 
-# GPU UUIDs already found valid: the same GPUs come back every window. Bounded, emptied when full.
+# GPU UUIDs, model names and identity keys already found valid: the same GPUs and jobs come back
+# every window. Bounded, emptied when full.
 _VALID_UUIDS: set[Any] = set()
+_VALID_MODELS: set[Any] = set()
+_VALID_IDENTITY_KEYS: set[Any] = set()
 _VALID_MAX = 1 << 18
 
 
@@ -659,11 +694,12 @@ def _remember(valid: set[Any], value: Any) -> None:
 
 
 def _within(values: list[Any], top: int, bottom: int = 0, *, allow_none: bool = True) -> bool:
-    """Every value an int in bottom..top (bool excluded), or None where allowed."""
+    """Every value an int in bottom..top (bool excluded), or None where allowed (then bottom <= 0 <= top)."""
     kinds = set(map(type, values))
     if not kinds <= (_INT_OR_NONE if allow_none else _INT):
         return False
-    present = [v for v in values if v is not None] if _NONE in kinds else values
+    # compress() drops the Nones in C, and the zeros with them, which are within any range here.
+    present = list(compress(values, values)) if _NONE in kinds else values
     return not present or (bottom <= min(present) and max(present) <= top)
 
 
@@ -673,12 +709,28 @@ def _workload_at(keys: list[str], number: Any) -> str:
     return keys[number]
 
 
-def encode_stored(seqs: list[int]) -> bytes:
-    return _pack({"v": PROTOCOL_VERSION, "seqs": sorted(seqs)})
+class Stored(NamedTuple):
+    """What a collector confirms stored for one node: window sequence numbers and event digests."""
+
+    seqs: list[int]
+    events: list[int]  # event_digest of each event
 
 
-def decode_stored(payload: bytes) -> list[int]:
-    """The sequence numbers a collector stored; the agent side of `encode_stored`."""
+def event_digest(payload: bytes) -> int:
+    """An event's name in stored confirmations: 64 bits of BLAKE2b of the bytes the agent sent. A
+    resend carries the same bytes, so the same name; events need no numbering of their own."""
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big")
+
+
+def encode_stored(seqs: list[int], events: list[int] | None = None) -> bytes:
+    message: dict[str, Any] = {"v": PROTOCOL_VERSION, "seqs": sorted(seqs)}
+    if events:  # left out when empty: what collectors sent before events were confirmed
+        message["events"] = sorted(events)
+    return _pack(message)
+
+
+def decode_stored(payload: bytes) -> Stored:
+    """What a collector stored; the agent side of `encode_stored`."""
     if len(payload) > MAX_MESSAGE_BYTES:
         raise Rejected("too_large", f"{len(payload)} bytes")
     try:
@@ -690,7 +742,10 @@ def decode_stored(payload: bytes) -> list[int]:
     seqs = message.get("seqs")
     if not isinstance(seqs, list) or not all(type(s) is int and 0 <= s <= MAX_ABS_INT for s in seqs):
         raise Rejected("schema", "'seqs' must be a list of sequence numbers")
-    return seqs
+    events = message.get("events", [])
+    if not isinstance(events, list) or not all(type(e) is int and 0 <= e < 1 << 64 for e in events):
+        raise Rejected("schema", "'events' must be a list of 64-bit event digests")
+    return Stored(seqs, events)
 
 
 def decode_event(payload: bytes, topic: Topic, now_ms: int) -> GpuEventMessage:

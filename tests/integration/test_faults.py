@@ -1,6 +1,6 @@
 """Loses nothing: every GPU-window published is stored exactly once through a broker restart,
 a database outage, a collector killed with SIGKILL, an agent killed and restarted, and a
-collector of a shared group dying. Each test has its own Mosquitto and InfluxDB to break.
+collector of a shared group dying; events sent while no collector runs are stored once one does. Each test has its own Mosquitto and InfluxDB to break.
 
 Outages here last a few seconds to keep CI short; `bench/faults.py` plays the same scenarios
 with 60 s outages and prints published / stored / lost / duplicated GPU-windows.
@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from gpufleet import localstack
-from gpufleet.agent.fleet import FleetPlan, FleetResult, run_fleet
-from gpufleet.agent.node import Cadence
+from gpufleet.agent.fleet import FleetPlan, FleetResult, node_link, run_fleet
+from gpufleet.agent.node import Cadence, NodeAgent
+from gpufleet.agent.simulate import SimulatedGpuSource
 from gpufleet.mqtt import BrokerAddress
 
 from .conftest import CollectorProcess, collector_args, wait_until
@@ -170,3 +171,28 @@ def test_agent_killed_goes_offline_by_last_will_and_its_sequence_continues(stack
     wait_until(lambda: states()[-1:] == ["offline"], 30, "the clean offline")
     seqs = sorted({row["seq"] for row in stack.influx.rows("SELECT seq FROM gpu WHERE node = 'n1'", DB)})
     assert seqs == list(range(len(seqs))) and len(seqs) > 10, seqs
+
+
+def test_events_sent_while_no_collector_runs_are_stored_once_one_starts(stack: Stack):
+    """The broker drops what no subscriber takes (collectors use clean sessions), so an event, like
+    a window, stays in the agent's spool until a collector confirms it stored, and is sent again."""
+    source = SimulatedGpuSource("n1", 2, seed=1, xid_rate_per_gpu_hour=3600 * 2.0)  # ~2 per GPU-second
+    agent = NodeAgent(CLUSTER, "n1", source, Cadence(200, 200), resend_after_s=1.0)
+    broker = BrokerAddress.parse(stack.broker.url)
+
+    async def scenario() -> tuple[int, int, bool]:
+        connect = lambda: node_link(broker, CLUSTER, "n1", None, "test")  # noqa: E731
+        run = asyncio.create_task(agent.run(connect, max_windows=15, drain_timeout_s=60))
+        await asyncio.sleep(2.0)  # windows and events reach the broker, which has no one to give them to
+        published_before = agent.stats.events_published
+        await asyncio.to_thread(stack.collector)
+        complete = await run
+        return published_before, agent.stats.events_published, complete
+
+    published_before, published, complete = asyncio.run(scenario())
+    assert complete and len(agent.spool) == 0
+    assert published_before > 0  # the test made events while nothing could store them
+    assert agent.stats.events_resent >= published_before
+    assert agent.stats.events_stored == published
+    rows = stack.influx.rows("SELECT count(code) FROM gpu_event WHERE node = 'n1'", DB)
+    assert rows and rows[0]["count"] == published

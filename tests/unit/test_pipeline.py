@@ -159,3 +159,14 @@ def test_mig_instances_that_do_not_fit_their_gpu_are_refused():
     )
     lines, rejection = Pipeline().handle("gpufleet/v1/c1/n1/telemetry", wire.encode_telemetry(window), NOW)
     assert lines == [] and rejection.reason == "schema"
+
+
+def test_what_the_agent_is_told_once_stored_is_the_window_seq_or_the_event_digest():
+    pipeline = Pipeline()
+    pipeline.handle("gpufleet/v1/c1/n1/telemetry", telemetry(), NOW)
+    assert pipeline.accepted == ("c1", "n1", 1, None)
+    event = wire.encode_event(wire.GpuEventMessage("c1", "n1", NOW, 0, "GPU-0", "xid", 79, ""))
+    pipeline.handle("gpufleet/v1/c1/n1/events", event, NOW)
+    assert pipeline.accepted == ("c1", "n1", None, wire.event_digest(event))
+    pipeline.handle("gpufleet/v1/c1/n1/events", b"\xc1", NOW)  # refused: nothing to confirm
+    assert pipeline.accepted is None

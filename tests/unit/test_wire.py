@@ -243,3 +243,38 @@ def test_a_cached_valid_identity_does_not_let_an_equal_value_of_another_type_thr
 def test_a_cached_valid_uuid_is_still_checked_in_another_type():
     decode(raw(gpus=[row(uuid="GPU-1")]))
     assert reason(raw(gpus=[row(uuid=b"GPU-1")])) == "bad_name"
+
+
+def test_a_cached_valid_model_is_still_checked_in_another_type():
+    decode(raw(models=["T4"]))
+    assert reason(raw(models=[b"T4"])) == "bad_name"
+
+
+def test_a_cached_valid_identity_still_has_its_changes_checked():
+    decode(raw(workloads=[["slurm:1", {"account": "a", "uid": 1}]]))  # valid, and now remembered
+    assert reason(raw(workloads=[["slurm:1", {"account": "a\nb", "uid": 1}]])) == "bad_name"
+    assert reason(raw(workloads=[["slurm:1", {"account": b"a", "uid": 1}]])) == "bad_value"
+    assert reason(raw(workloads=[["slurm:1", {"account": "a", "uid": 1, "Bad-Key": 1}]])) == "bad_name"
+    assert reason(raw(workloads=[["slurm:1", {"account": "a", "uid": [1]}]])) == "bad_value"
+    assert decode(raw(workloads=[["slurm:1", {"account": "a", "uid": 1}]])).workloads == {"slurm:1": {"account": "a", "uid": 1}}
+
+
+def test_a_topic_parsed_before_comes_back_the_same_and_a_bad_one_is_still_refused():
+    assert wire.parse_topic("gpufleet/v1/c1/n1/telemetry") == wire.parse_topic("gpufleet/v1/c1/n1/telemetry")
+    for _ in range(2):
+        with pytest.raises(Rejected):
+            wire.parse_topic("gpufleet/v1/c1/n 1/telemetry")
+
+
+def test_stored_confirmations_carry_window_seqs_and_event_digests():
+    event = wire.encode_event(wire.GpuEventMessage("c1", "n1", NOW, 3, "GPU-abc", "xid", 79, "fallen off the bus"))
+    digest = wire.event_digest(event)
+    assert digest == wire.event_digest(bytes(event)) and 0 <= digest < 1 << 64  # a resend: the same name
+    assert digest != wire.event_digest(event.replace(b"xid", b"dbe"))
+    assert wire.decode_stored(wire.encode_stored([3, 1], [digest])) == wire.Stored([1, 3], [digest])
+    # without events the message is what collectors sent before events were confirmed
+    assert wire.encode_stored([1]) == msgpack.packb({"v": 1, "seqs": [1]})
+    assert wire.decode_stored(msgpack.packb({"v": 1, "seqs": [1]})) == wire.Stored([1], [])
+    for bad in ([-1], [1.5], ["x"], "x"):
+        with pytest.raises(Rejected, match="64-bit event digests"):
+            wire.decode_stored(msgpack.packb({"v": 1, "seqs": [], "events": bad}))
