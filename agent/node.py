@@ -289,9 +289,10 @@ class NodeAgent:
             return  # stored (or dropped past the bound) meanwhile
         first_time = item_id not in self._sent_at
         gpus = self._gpu_counts.get(item_id, 0)
+        if item.seq is None:  # an event: confirmed by its digest (a resend has the same bytes),
+            self._event_ids[wire.event_digest(item.payload)] = item_id  # which may beat the PUBACK
         await link.publish(item.topic, item.payload)
-        if item.seq is None:  # an event: confirmed by its digest (a resend has the same bytes)
-            self._event_ids[wire.event_digest(item.payload)] = item_id
+        if item.seq is None:
             if first_time:
                 self.stats.events_published += 1
             else:

@@ -319,7 +319,10 @@ class MqttSubscriber:
         one is taken for gone, as a half-open TCP connection would otherwise never tell."""
         while True:
             await asyncio.sleep(self._keepalive_s / 2)
-            protocol.send(mqttcodec.PINGREQ_PACKET)
+            try:
+                protocol.send(mqttcodec.PINGREQ_PACKET)
+            except MqttError:
+                return  # the connection is gone: messages() says so
             if protocol.silent_for() > self._keepalive_s * 1.5:
                 protocol.fail(MqttError(f"{self.broker} did not answer for {protocol.silent_for():.0f} s"))
                 return
