@@ -113,7 +113,7 @@ class TlsFiles:
 class Received:
     topic: str
     payload: bytes
-    mid: int = 0  # packet id, for `MqttLink.ack` when the link acknowledges by hand
+    mid: int = 0  # packet id, for `MqttSubscriber.ack`, which acknowledges by hand
     qos: int = 0
 
 
@@ -136,16 +136,14 @@ class MqttLink:
         keepalive_s: int = 30,
         session_expiry_s: int = 0,
         ack_timeout_s: float = 30.0,
-        manual_ack: bool = False,
     ) -> None:
         self.broker = broker
         self._ack_timeout_s = ack_timeout_s
         properties = Properties(PacketTypes.CONNECT)
         # A non-zero expiry keeps a subscriber's session (and its queued QoS 1 messages) at the
-        # broker across a reconnect; agents use 0, collectors a longer one.
+        # broker across a reconnect; agents use 0.
         properties.SessionExpiryInterval = session_expiry_s
-        # How many unacknowledged QoS 1 messages the broker may send us at once (MQTT v5 3.1.2.11.3):
-        # with acknowledgements held until data is durable, this is the collector's pipeline depth.
+        # How many unacknowledged QoS 1 messages the broker may send us at once (MQTT v5 3.1.2.11.3).
         properties.ReceiveMaximum = 65535
         self._client = _Client(
             broker.host,
@@ -159,9 +157,6 @@ class MqttLink:
             tls_context=(tls or TlsFiles()).context() if broker.tls else None,
             timeout=ack_timeout_s,
         )
-        if manual_ack:
-            # aiomqtt has no switch for it; paho acknowledges on receipt unless told otherwise.
-            self._client._client.manual_ack_set(True)  # noqa: SLF001
 
     async def __aenter__(self) -> MqttLink:
         await self._client.__aenter__()
@@ -192,18 +187,12 @@ class MqttLink:
             while not queue.empty():
                 yield queue.get_nowait()
 
-    def ack(self, message: Received) -> None:
-        """PUBACK a message received with manual_ack: the broker may now forget it. Runs on the
-        event loop thread, which is where aiomqtt drives paho's socket, so no lock is needed."""
-        if message.qos > 0:
-            self._client._client.ack(message.mid, message.qos)  # noqa: SLF001
-
 
 class MqttSubscriber:
     """The collector's connection: MQTT v5, QoS 1 in with acknowledgements by hand, QoS 0 out.
 
-    `async with MqttSubscriber(...) as link:` then `subscribe`, `messages()`, `ack`, `publish`, as
-    with an MqttLink(manual_ack=True). Its own framing (gpufleet/mqttcodec.py) instead of paho's:
+    `async with MqttSubscriber(...) as link:` then `subscribe`, `messages()`, `ack` (PUBACK once the
+    data is stored; paho would send it on receipt), `publish`. Its own framing (gpufleet/mqttcodec.py) instead of paho's:
     paho's read and acknowledge path cost a collector more CPU than decoding the telemetry did.
     Here each socket read is split into packets in one pass and the PUBACKs of a round of stored
     batches leave in one write. A clean session (what the collector wants: see collector/service.py).
