@@ -1,7 +1,9 @@
 """Lines waiting for InfluxDB: a bounded FIFO that drops the oldest only past its bound, and counts it.
 
-Pure and single-threaded: the collector's event loop appends and commits; the write thread only
-ever gets a copied batch.
+Every line has a position: the n-th line ever appended is at position n. Writes in flight name
+the lines they carry by position, so they stay right while newer lines arrive and while the
+bound pushes old ones out. Pure and single-threaded: the collector's event loop appends and
+removes; write threads only ever get a copied batch.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ class WriteBuffer:
             raise ValueError("max_lines must be positive")
         self._lines: deque[str] = deque()
         self._max_lines = max_lines
-        self.dropped = 0  # lines pushed out past the bound: data lost, reported as collector telemetry
-        self._dropped_since_peek = 0  # head lines that vanished while a peeked batch was in flight
+        # Lines pushed out past the bound before a write confirmed them: reported as collector
+        # telemetry. Some of them may still reach InfluxDB in a write already under way.
+        self.dropped = 0
         self.appended = 0  # lines ever appended: a message's lines end at this position
-        self.removed = 0  # lines ever written or dropped: messages ending at or before it are done
+        self.removed = 0  # lines ever written or dropped: the position of the oldest line still here
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -34,18 +37,19 @@ class WriteBuffer:
                 self._lines.popleft()
             self.dropped += overflow
             self.removed += overflow
-            self._dropped_since_peek += overflow
         return self.appended
 
-    def peek(self, count: int) -> list[str]:
-        """The oldest `count` lines, left in place until `commit` says they are written."""
-        self._dropped_since_peek = 0
-        return list(islice(self._lines, count))
+    def lines_from(self, position: int, count: int) -> tuple[int, list[str]]:
+        """Up to `count` lines from `position` on, left in place until `remove_until` says they
+        are written; and the position of the first. Lines the bound already pushed out are
+        skipped: then the batch starts at the oldest line still here."""
+        start = max(position, self.removed)
+        offset = start - self.removed
+        return start, list(islice(self._lines, offset, offset + count))
 
-    def commit(self, count: int) -> None:
-        """Remove the `count` lines of the last peek (minus any the bound already pushed out)."""
-        remaining = min(max(0, count - self._dropped_since_peek), len(self._lines))
-        self._dropped_since_peek = 0
-        for _ in range(remaining):
+    def remove_until(self, position: int) -> None:
+        """The lines before `position` are written: remove them (those the bound pushed out are gone already)."""
+        written = min(position - self.removed, len(self._lines))
+        for _ in range(written):
             self._lines.popleft()
-        self.removed += remaining
+        self.removed += max(0, written)

@@ -1,7 +1,7 @@
 """The collector process: MQTT shared subscription in, InfluxDB batches out, its own telemetry too.
 
 Three tasks share one event loop: `receive` (broker -> Pipeline -> WriteBuffer), `flush` (buffer
--> InfluxDB, in a worker thread so the loop keeps receiving) and `report` (the collector's
+-> InfluxDB, a sliding window of batches in worker threads so the loop keeps receiving) and `report` (the collector's
 counters as a `collector` point). A broker or database that is down is waited for with backoff,
 and the log says what is awaited.
 """
@@ -42,6 +42,15 @@ class CollectorOptions:
     max_backoff_s: float = 30.0
 
 
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A batch on its way to InfluxDB: it ends before buffer position `end`."""
+
+    end: int
+    lines: int
+    task: asyncio.Future[WriteFailed | None]
+
+
 class RateLimitedLog:
     """Log a rejection once per reason per period, with how many were not logged in between."""
 
@@ -71,7 +80,7 @@ class Collector:
         self.pipeline = Pipeline(tenant_rules)
         self.buffer = WriteBuffer(options.max_buffer_lines)
         self.points_written = 0
-        self.flush_rounds = 0  # progress of the flush loop: what the systemd watchdog is fed from
+        self.flush_progress = 0  # flush rounds and finished writes: what the systemd watchdog is fed from
         self.lines_refused = 0  # lines InfluxDB refused for good (400): counted, never retried
         self.write_retries = 0
         self.failure: BaseException | None = None  # why a task of run() ended on its own, if one did
@@ -199,55 +208,93 @@ class Collector:
             except TimeoutError:
                 pass
             self._wake_flush.clear()
-            self.flush_rounds += 1
-            while len(self.buffer):
-                if not await self._write_batches(backoff):
-                    break
+            self.flush_progress += 1
+            if len(self.buffer):
+                await self._write_out(backoff)
             if stop.is_set() and not len(self.buffer):
                 return
 
-    async def _write_batches(self, backoff: Backoff) -> bool:
-        """Up to `parallel_writes` batches at once, oldest first; committed in order, so that a
-        message is acknowledged only when every line before it is stored too. False: wait, retry."""
-        size = self._options.batch_lines
-        lines = self.buffer.peek(size * self._options.parallel_writes)
-        batches = [lines[i : i + size] for i in range(0, len(lines), size)]
-        # InfluxDB's HTTP write blocks; worker threads keep the loop receiving meanwhile, and
-        # InfluxDB parses concurrent requests on several cores.
-        outcomes = await asyncio.gather(*(asyncio.to_thread(self._write, batch) for batch in batches))
-        done, failure = self._count_outcomes(batches, outcomes)
-        if done:
-            self.buffer.commit(done)
-            self._ack_written()
-        if failure is not None:
-            self.write_retries += 1
-            delay = backoff.next()
-            log.warning("waiting for InfluxDB (%s); %d lines buffered; retrying in %.1f s", failure, len(self.buffer), delay)
-            await asyncio.sleep(delay)
-            return False
-        backoff.reset()
-        # Under load batches follow each other closely: confirm once per flush interval (or when
-        # the buffer runs dry), not per batch, so that a node gets one message a second, not dozens.
-        if not len(self.buffer) or time.monotonic() - self._confirmed_at >= self._options.flush_interval_s:
-            self._confirmed_at = time.monotonic()
-            await self._confirm_stored()
-        return True
+    async def _write_out(self, backoff: Backoff) -> bool:
+        """Write the buffer out through a sliding window of up to `parallel_writes` batches: when
+        one is written the next starts at once, so InfluxDB always has a batch to parse while
+        another is on the wire. Batches are committed in order, so that a message is acknowledged
+        only when every line before it is stored too. True: the buffer ran dry; False: a write
+        failed for now and its backoff was slept, to be retried from the oldest line on."""
+        in_flight: deque[_Write] = deque()
+        next_position = self.buffer.removed
+        try:
+            while True:
+                next_position = self._start_writes(in_flight, next_position)
+                if not in_flight:
+                    return True
+                # Only those still under way: one finished out of order waits to be committed.
+                under_way = [write.task for write in in_flight if not write.task.done()]
+                await asyncio.wait(under_way, return_when=asyncio.FIRST_COMPLETED)
+                self.flush_progress += 1
+                failure = self._commit_written(in_flight)
+                if failure is not None:
+                    await self._wait_for_rest(in_flight)
+                    await self._back_off(failure, backoff)
+                    return False
+                backoff.reset()
+                # Under load batches follow each other closely: confirm once per flush interval (or
+                # when the buffer runs dry), not per batch, so that a node gets one message a second.
+                if not len(self.buffer) or time.monotonic() - self._confirmed_at >= self._options.flush_interval_s:
+                    self._confirmed_at = time.monotonic()
+                    await self._confirm_stored()
+        finally:
+            for write in in_flight:  # cancelled (drain timeout): the threads finish on their own
+                write.task.cancel()
 
-    def _count_outcomes(self, batches: list[list[str]], outcomes: list[WriteFailed | None]) -> tuple[int, WriteFailed | None]:
-        """Lines done (stored, or refused for good and counted), in order up to the first batch that
-        may be retried; and that batch's failure. What follows it may be stored already: it is
-        written again with it, and InfluxDB keeps one point per series and time."""
-        done = 0
-        for batch, failure in zip(batches, outcomes):
+    def _start_writes(self, in_flight: deque[_Write], next_position: int) -> int:
+        """Fill the window with the next batches; returns the position after the last line sent.
+        A batch may be short: if InfluxDB is the bottleneck they fill up while it is busy."""
+        size = self._options.batch_lines
+        while len(in_flight) < self._options.parallel_writes:
+            start, batch = self.buffer.lines_from(next_position, size)
+            if not batch:
+                break
+            next_position = start + len(batch)
+            # InfluxDB's HTTP write blocks; worker threads keep the loop receiving meanwhile, and
+            # InfluxDB parses concurrent requests on several cores.
+            in_flight.append(_Write(next_position, len(batch), asyncio.ensure_future(asyncio.to_thread(self._write, batch))))
+        return next_position
+
+    def _commit_written(self, in_flight: deque[_Write]) -> WriteFailed | None:
+        """Commit the finished writes at the front of the window, in order, up to the first that
+        may be retried, and return its failure (it stays in the window). A refused batch is
+        counted and committed: a retry would be refused again. A later batch already stored is
+        written again with the retry, and InfluxDB keeps one point per series and time."""
+        committed = False
+        while in_flight and in_flight[0].task.done():
+            failure = in_flight[0].task.result()
             if failure is not None and failure.retryable:
-                return done, failure
+                break
+            write = in_flight.popleft()
             if failure is not None:
-                log.error("InfluxDB refused a batch of %d lines: %s", len(batch), failure)
-                self.lines_refused += len(batch)
+                log.error("InfluxDB refused a batch of %d lines: %s", write.lines, failure)
+                self.lines_refused += write.lines
             else:
-                self.points_written += len(batch)
-            done += len(batch)
-        return done, None
+                self.points_written += write.lines
+            self.buffer.remove_until(write.end)
+            committed = True
+        if committed:
+            self._ack_written()
+        if in_flight and in_flight[0].task.done():
+            return in_flight[0].task.result()
+        return None
+
+    @staticmethod
+    async def _wait_for_rest(in_flight: deque[_Write]) -> None:
+        """Let the writes still under way finish before the retry sends their lines again."""
+        await asyncio.gather(*(write.task for write in in_flight))
+        in_flight.clear()
+
+    async def _back_off(self, failure: WriteFailed, backoff: Backoff) -> None:
+        self.write_retries += 1
+        delay = backoff.next()
+        log.warning("waiting for InfluxDB (%s); %d lines buffered; retrying in %.1f s", failure, len(self.buffer), delay)
+        await asyncio.sleep(delay)
 
     def _write(self, batch: list[str]) -> WriteFailed | None:
         try:

@@ -241,7 +241,7 @@ def run_collector(settings: cfg.CollectorConfig) -> int:
     log.info("collector %s: %s -> %s bucket %s", settings.client_id, settings.broker, settings.influx_url, settings.bucket)
     async def run(stop: asyncio.Event) -> None:
         sdnotify.notify("READY=1")  # configured; the log says what it waits for (broker, InfluxDB)
-        watchdog = asyncio.create_task(_feed_watchdog(lambda: collector.flush_rounds, stop, settings.flush_interval), name="collector.watchdog")
+        watchdog = asyncio.create_task(_feed_watchdog(lambda: collector.flush_progress, stop, settings.flush_interval), name="collector.watchdog")
         await collector.run(stop)
         sdnotify.notify("STOPPING=1")
         await watchdog

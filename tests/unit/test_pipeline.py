@@ -46,11 +46,26 @@ def test_every_rejection_is_counted_by_reason_and_nothing_raises():
 def test_buffer_drops_oldest_past_its_bound_and_counts_it():
     buffer = WriteBuffer(max_lines=3)
     buffer.extend(["a", "b"])
-    batch = buffer.peek(2)
+    start, batch = buffer.lines_from(0, 2)
     buffer.extend(["c", "d", "e"])  # pushes out a, b while they are in flight
-    assert buffer.dropped == 2
-    buffer.commit(len(batch))
-    assert buffer.peek(10) == ["c", "d", "e"]
+    assert buffer.dropped == 2 and buffer.removed == 2
+    buffer.remove_until(start + len(batch))  # their write ends: nothing more to remove
+    assert buffer.lines_from(0, 10) == (2, ["c", "d", "e"])
+
+
+def test_buffer_batches_are_named_by_position_while_newer_lines_arrive():
+    buffer = WriteBuffer(max_lines=10)
+    buffer.extend(["a", "b", "c"])
+    first = buffer.lines_from(0, 2)
+    second = buffer.lines_from(2, 2)
+    buffer.extend(["d", "e"])
+    assert (first, second) == ((0, ["a", "b"]), (2, ["c"]))
+    assert buffer.lines_from(3, 5) == (3, ["d", "e"])
+    buffer.remove_until(2)
+    assert (buffer.removed, len(buffer), buffer.lines_from(2, 1)) == (2, 3, (2, ["c"]))
+    buffer.remove_until(2)  # already removed: nothing happens
+    buffer.remove_until(5)
+    assert (buffer.removed, len(buffer), buffer.lines_from(5, 1)) == (5, 0, (5, []))
 
 
 RULES = TenantRules.from_toml(
