@@ -30,6 +30,11 @@ def test_stages_prints_every_stage_and_the_wire_sizes():
     assert "gpufleet wire v2 (zlib MessagePack)" in out and "Prometheus text" in out
 
 
+def test_memory_feeds_distinct_nodes_and_prints_the_state_per_gpu():
+    out = run_bench("memory.py", "--nodes", "70", "--gpus-per-node", "2", "--windows", "2", "--shared")
+    assert "70 nodes x 2 GPUs = 140 GPUs" in out and "B per GPU" in out and "write buffer at its bound" in out
+
+
 @pytest.mark.services
 def test_pipeline_stores_every_window_and_prints_the_ceiling_ratio():
     out = run_bench("pipeline.py", "--nodes", "4", "--gpus", "2", "--windows", "3", "--timeout", "60")
