@@ -107,7 +107,8 @@ def main() -> None:
 
     gc.collect()
     before = rss_bytes()
-    pipeline = Pipeline(fleetdata.tenant_rules)
+    rules = fleetdata.tenant_rules()
+    pipeline = Pipeline(lambda: rules)  # the same object until the file changes, as in the collector
     started = time.process_time()
     lines, chars = feed(pipeline, windows, args.windows, start_ms)
     cpu_s = time.process_time() - started

@@ -27,7 +27,14 @@ from . import lineproto
 from .attribute import UNALLOCATED, hamilton
 
 _NS_PER_MS = 1_000_000
-MAX_PLANS = 1 << 18  # ~0.5 kB each: a 200,000-GPU fleet's plans fit in ~130 MB; full means start over
+# Nodes, workload identities and plans kept; full means start over, every plan made again. A
+# 200,000-GPU fleet keeps 275,000 of them (one job per GPU; the collector's core then holds ~460
+# MiB, bench/memory.py) to 375,000 (1-3 workloads per GPU; ~920 MiB, plans carry their lines'
+# texts ready). The bound used to be 1 << 18, so such a fleet started over every window.
+MAX_PLANS = 1 << 19
+# A node whose jobs come and go piles up plans and identities of ended jobs: past this many a
+# GPU it starts over alone, so that churn on some nodes does not fill MAX_PLANS for all.
+KEPT_PER_GPU = 4
 MAX_FORMATS = 256
 
 
@@ -99,6 +106,10 @@ class _NodePlans:
         self.issued = 0  # numbers given so far
         self.plans: dict[tuple, GpuPlan] = {}
 
+    def kept(self) -> int:
+        """What this node adds to TelemetryLines._kept: itself, its identities and its plans."""
+        return 1 + len(self.identities) + len(self.plans)
+
     def number(self, workloads: dict[str, dict]) -> int:
         """Number the identities of a message; how many keys are new. Identities passed wire
         validation (values str, int or None), so == is exact."""
@@ -148,7 +159,9 @@ class TelemetryLines:
         if self._kept >= MAX_PLANS:
             self._nodes, self._kept = {}, 0
         node = self._nodes.get((window.cluster, window.node))
-        if node is None:
+        if node is None or max(len(node.plans), len(node.identities)) > KEPT_PER_GPU * len(window.gpus):
+            if node is not None:
+                self._kept -= node.kept()
             node = self._nodes[(window.cluster, window.node)] = _NodePlans()
             self._kept += 1
         self._kept += node.number(window.workloads)

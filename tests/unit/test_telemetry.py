@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpufleet import wire
-from gpufleet.collector import lineproto
+from gpufleet.collector import lineproto, telemetry
 from gpufleet.collector.attribute import UNALLOCATED, attribute, by_tenant
 from gpufleet.collector.pipeline import Pipeline
 from gpufleet.collector.tenants import TenantRules
@@ -135,3 +135,26 @@ def test_plans_kept_across_windows_follow_changed_and_returning_identities(seque
         lines, rejection = pipeline.handle(wire.telemetry_topic("c1", "n1"), wire.encode_telemetry(window), NOW)
         assert rejection is None
         assert lines == reference_lines(window)
+
+
+def test_a_node_whose_jobs_come_and_go_starts_over_alone_and_keeps_writing_the_same() -> None:
+    """Ended jobs' plans must not pile up until the global bound empties every node's plans (at
+    200,000 GPUs that bound is near): a node past KEPT_PER_GPU plans a GPU starts over alone."""
+    pipeline = Pipeline(lambda: RULES)
+    steady_gpu = wire.GpuWindow(0, "GPU-s", "H100", (1000, 5000, 5000, 50, None), (wire.Holder("slurm:1", 100, None),))
+    steady = wire.TelemetryWindow("c1", "steady", 1, NOW - 10_000, NOW, FIELDS, (steady_gpu,), {"slurm:1": IDENTITIES["slurm:1"]})
+    pipeline.handle(wire.telemetry_topic("c1", "steady"), wire.encode_telemetry(steady), NOW)
+    kept = pipeline._telemetry  # noqa: SLF001 - what is kept is the point of this test
+    steady_plans = kept._nodes[("c1", "steady")]  # noqa: SLF001
+    for job in range(10 * telemetry.KEPT_PER_GPU):  # a new job on the churning node's GPU every window
+        key = f"slurm:{100 + job}"
+        gpu = steady_gpu._replace(uuid="GPU-c", holders=(wire.Holder(key, 100, None),))
+        window = wire.TelemetryWindow(
+            "c1", "churn", job, NOW - 10_000, NOW, FIELDS, (gpu,), {key: {"kind": "slurm_job", "job": str(100 + job), "account": "acct-a"}}
+        )
+        lines, rejection = pipeline.handle(wire.telemetry_topic("c1", "churn"), wire.encode_telemetry(window), NOW)
+        assert rejection is None and lines == reference_lines(window)
+        churn = kept._nodes[("c1", "churn")]  # noqa: SLF001
+        assert len(churn.plans) <= telemetry.KEPT_PER_GPU + 1 and len(churn.identities) <= telemetry.KEPT_PER_GPU + 1
+    assert kept._nodes[("c1", "steady")] is steady_plans  # noqa: SLF001 - the other node kept its plans
+    assert kept._kept == sum(node.kept() for node in kept._nodes.values())  # noqa: SLF001 - the count stays true
