@@ -16,7 +16,7 @@ from typing import Literal
 from . import mail, render_csv, render_html, render_json
 from .model import HOUR_NS, UNALLOCATED, TenantReport, chargeback, floor_hour, tenant_report
 from .query import InfluxError, InfluxQL
-from .render_pdf import PdfError, html_to_pdf
+from .render_pdf import PdfError, PdfPrinter, html_to_pdf
 from .rollup import RollupSummary, collect, rollup
 from .settings import ReportConfig
 
@@ -63,6 +63,18 @@ def render(report: TenantReport, fmt: Format, out: Path) -> Path:
     else:
         raise ReportError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     return out
+
+
+def render_files(reports: Sequence[TenantReport], fmt: Format, paths: Sequence[Path]) -> list[Path]:
+    """Write each report in `fmt` to its path; the paths written. PDF: one Chromium prints them
+    all, each tenant's HTML rendered only as a tab comes free (a Chromium per file cost a second
+    each)."""
+    if fmt != "pdf":
+        return [render(report, fmt, path) for report, path in zip(reports, paths)]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with PdfPrinter() as printer:
+        return printer.print_all((render_html.render(report), path) for report, path in zip(reports, paths))
 
 
 @dataclass
@@ -142,8 +154,7 @@ def run_report(
         run.files.append(charge)
         run.reconciled = cb.reconciled
     try:
-        for report, path in zip(reports, paths):
-            run.files.append(render(report, fmt, path))
+        run.files += render_files(reports, fmt, paths)
     except PdfError as exc:
         raise ReportError(str(exc)) from None
     if mail_to or mail_tenants:

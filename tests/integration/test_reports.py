@@ -20,6 +20,8 @@ from gpufleet.reports.query import InfluxQL
 from gpufleet.reports.rollup import collect, live_rows, rolled_up_hours, rollup
 from gpufleet.reports.settings import load_report_config
 
+from .test_reports_render import chromium_script, counting_chromium, pdf_pages
+
 S = 1_746_057_600_000_000_000  # 2025-05-01T00:00:00Z
 SEC = 1_000_000_000
 WINDOW_MS = 60_000
@@ -255,6 +257,24 @@ def test_pdf_report_is_printed(fleet, config, tmp_path):
     run = reports.run_report(config, start=FROM, end=TO, fmt="pdf", out=tmp_path / "lab-a.pdf", tenant="lab-a")
     data = run.files[0].read_bytes()
     assert data.startswith(b"%PDF-") and len(data) > 5000
+
+
+def test_all_tenants_pdf_are_printed_by_one_chromium(fleet, config, tmp_path, monkeypatch):
+    script, starts = counting_chromium(tmp_path)
+    monkeypatch.setenv("GPUFLEET_CHROMIUM", str(script))
+    run = reports.run_report(config, start=FROM, end=TO, fmt="pdf", out=tmp_path / "out", all_tenants=True)
+    assert sorted(p.name for p in run.files) == ["chargeback.csv", "lab-a.pdf", "lab-b.pdf", "lab-c.pdf", "unallocated.pdf"]
+    for path in run.files[1:]:
+        data = path.read_bytes()
+        assert data.startswith(b"%PDF-") and pdf_pages(data) >= 1 and len(data) > 5000, path.name
+    assert starts.read_text().splitlines() == ["started"]
+
+
+def test_a_chromium_that_dies_is_a_report_error_naming_its_exit(fleet, config, tmp_path, monkeypatch):
+    script = chromium_script(tmp_path, 'echo "Trace/breakpoint trap" >&2\nexit 3')
+    monkeypatch.setenv("GPUFLEET_CHROMIUM", str(script))
+    with pytest.raises(reports.ReportError, match=r"^chromium exited while printing \(exit 3\): Trace/breakpoint trap$"):
+        reports.run_report(config, start=FROM, end=TO, fmt="pdf", out=tmp_path / "out", all_tenants=True)
 
 
 def test_a_month_of_a_large_fleet_reads_from_the_rollup(influxdb, bucket, config, tmp_path):
