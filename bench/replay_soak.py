@@ -12,8 +12,9 @@ connections carry the nodes at QoS 1. The real `gpufleet collector` writes into 
 
 Measured, every minute: windows published and confirmed stored (the collector's confirmations on
 gpufleet/ack/v1/<cluster>/<node>, which it sends only after InfluxDB has the lines), p50/p99 from
-a window's end (its publish time) to its confirmation, and the CPU of collector, InfluxDB (with
-nginx), Mosquitto and this process over that minute. Lag that does not grow: the last minutes'
+a window's end (its publish time) to its confirmation, the CPU of collector, InfluxDB (with
+nginx), Mosquitto and this process over that minute, and the resident memory of the collector
+and of InfluxDB (with nginx) at its end. Lag that does not grow: the last minutes'
 p99 stays where the first minutes' was. At the end, after a drain of up to --drain s: published
 vs stored (count of `gpu` points in InfluxDB). There are no resends here: what is not stored is lost.
 """
@@ -136,13 +137,24 @@ async def report_minutes(clients: asyncio.Future, ledger: Ledger, pids: dict[str
         span = time.monotonic() - tick
         now = {name: sum(map(cpu_seconds, group)) for name, group in pids.items()}
         cpu = ", ".join(f"{name} {(now[name] - before[name]) / span:.2f}" for name in now)
+        rss = ", ".join(f"{name} {sum(map(resident_mib, pids[name])):,.0f}" for name in ("collector", "influxd+nginx"))
         before = now
         p50, p99 = ledger.minute()
         print(
             f"t={time.monotonic() - began:4.0f} s  confirmed {ledger.confirmed:>9,}  waiting {len(ledger.published):>6,}  "
-            f"this minute p50 {p50:>6.0f} ms p99 {p99:>6.0f} ms  CPU cores: {cpu}",
+            f"this minute p50 {p50:>6.0f} ms p99 {p99:>6.0f} ms  CPU cores: {cpu}  resident MiB: {rss}",
             flush=True,
         )
+
+
+def resident_mib(pid: int) -> float:
+    """VmRSS of a process (proc(5) status), in MiB; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    kib = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+    return kib / 1024
 
 
 def main() -> None:
