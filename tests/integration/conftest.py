@@ -122,9 +122,10 @@ def fleet_db(
     influxdb.create_database(bucket)
     log_dir = tmp_path_factory.mktemp("fleet_db")
     env = {**os.environ, "GPUFLEET_INFLUX_TOKEN": "test-token"}
-    collector = CollectorProcess(
-        collector_args(mosquitto.url, influxdb.url, bucket, f"g{bucket}", f"collector-{bucket}"), log_dir / "collector.log", env
-    )
+    # Its own cluster only: the broker is shared by the session's tests, whose retained node
+    # states would otherwise reach this bucket.
+    args = [*collector_args(mosquitto.url, influxdb.url, bucket, f"g{bucket}", f"collector-{bucket}"), "--cluster", cluster]
+    collector = CollectorProcess(args, log_dir / "collector.log", env)
     try:
         collector.wait_for_log("subscribed to")
         plan = FleetPlan(
