@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+from dataclasses import replace
 import os
 import sys
 import time
@@ -82,7 +83,7 @@ def feed(pipeline: Pipeline, windows: list[wire.TelemetryWindow], rounds: int, s
         t0 = start_ms + round_ * WINDOW_MS
         lines = chars = 0
         for window in windows:
-            sent = window.__class__(window.cluster, window.node, round_ + 1, t0, t0 + WINDOW_MS, window.fields, window.gpus, window.workloads)
+            sent = replace(window, seq=round_ + 1, t0_ms=t0, t1_ms=t0 + WINDOW_MS)
             out, rejection = pipeline.handle(wire.telemetry_topic(CLUSTER, window.node), wire.encode_telemetry(sent), t0 + WINDOW_MS + 500)
             if rejection is not None:
                 raise SystemExit(f"the pipeline rejected {window.node}: {rejection}")

@@ -416,7 +416,6 @@ class PdfPrinter:
         self.page_timeout_s = page_timeout_s
         self.run_timeout_s = run_timeout_s
         self.pages_printed = 0
-        self.browsers_started = 0
         self.pid: int | None = None  # Chromium's browser process, while it runs
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -442,8 +441,8 @@ class PdfPrinter:
         return Path(self._tmp.name)
 
     def _start(self) -> None:
-        commands_read, commands_write = _pipe_above_4()
-        replies_read, replies_write = _pipe_above_4()
+        commands_read, commands_write = _pipe_clear_of_3_and_4()
+        replies_read, replies_write = _pipe_clear_of_3_and_4()
         stderr = (self._folder / "chromium.stderr").open("wb")
         argv = [*chromium_argv(self.chromium, self._folder / "profile"), "--remote-debugging-pipe"]  # type: ignore[arg-type]
         try:
@@ -462,7 +461,6 @@ class PdfPrinter:
         self._commands_fd, self._replies_fd = commands_write, replies_read
         os.set_blocking(commands_write, False)  # see _send
         self.pid = self._process.pid
-        self.browsers_started += 1
 
     def print_all(self, pages: Iterable[tuple[str, Path]]) -> list[Path]:
         """Print each (HTML, PDF path) pair; the paths written, in order. Pages are taken from
@@ -561,7 +559,7 @@ class PdfPrinter:
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def _pipe_above_4() -> tuple[int, int]:
+def _pipe_clear_of_3_and_4() -> tuple[int, int]:
     """A pipe whose two fds are 10 or more, so that moving the child's ends onto 3 and 4 can
     never overwrite one of them (_on_fds_3_and_4)."""
     low = os.pipe()
