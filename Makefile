@@ -11,7 +11,8 @@ DESTDIR ?=
 
 # Debian bookworm packages; the tests and the demo start their own instances on free loopback
 # ports (gpufleet/localstack.py), so it does not matter whether Debian also starts its own.
-# gcc + libc6-dev: the NVML ABI test compiles a probe against NVIDIA's nvml.h.
+# gcc + libc6-dev: the NVML ABI test compiles a probe against NVIDIA's nvml.h, and pip compiles
+# gpufleet/native.c (with python3-dev's headers, installed when the Python in use lacks them).
 # chromium + fonts: PDF reports, and the test that looks at the HTML report as a person would.
 # systemd: `systemd-analyze security --offline` rates the shipped units.
 APT_PACKAGES := mosquitto influxdb nginx-light gcc libc6-dev chromium fonts-dejavu-core systemd
@@ -32,14 +33,18 @@ system-deps:
 	if [ ! -x $(PY) ] && ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 		missing="$$missing ensurepip"; packages="$$packages python3-venv"; \
 	fi; \
+	if ! $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+		missing="$$missing Python.h"; packages="$$packages python3-dev"; \
+	fi; \
 	if [ -n "$$missing" ]; then \
 		echo "deps: missing$$missing; installing $$packages"; \
 		$(SUDO) apt-get update && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$packages; \
 	fi
 
-# The stamp reruns pip only when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# The stamp reruns pip only when the package's build changes: pip builds gpufleet/native.c
+# (gpufleet._native) in place.
+$(VENV)/.installed: pyproject.toml setup.py gpufleet/native.c
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -e '.[test,docs]'
 	touch $@

@@ -42,7 +42,7 @@ GOAL_US = 25.0
 GOAL_BYTES = 200
 # The formatting the pipeline does for telemetry, each with a stand-in of the same shape.
 _LINE_STUBS = {
-    (telemetry.FieldFormat, "fields"): lambda self, values: "",
+    (telemetry.TelemetryLines, "gpu_lines"): lambda self, tail, plans, fields, gpus: [tail] * len(plans),
     (telemetry, "_tenant_line"): lambda *args: "",
     (lineproto, "tenant_usage_line_with"): lambda *args, **kwargs: "",  # MIG GPUs' path
 }

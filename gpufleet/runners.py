@@ -220,6 +220,7 @@ def _tenant_rules(settings: cfg.CollectorConfig):  # -> Callable[[], TenantRules
 def run_collector(settings: cfg.CollectorConfig) -> int:
     from gpufleet.collector.influx import InfluxWriter, read_token  # noqa: PLC0415
     from gpufleet.collector.service import Collector, CollectorOptions  # noqa: PLC0415
+    from gpufleet.wire import NATIVE_CORE  # noqa: PLC0415
 
     token = read_token(settings.influx_token.get_secret_value() if settings.influx_token else None, settings.influx_token_file)
     writer = InfluxWriter(settings.influx_url, token, settings.influx_org, settings.bucket)
@@ -239,6 +240,8 @@ def run_collector(settings: cfg.CollectorConfig) -> int:
         return 2
     collector = Collector(settings.broker_address, writer, options, tls=settings.tls, tenant_rules=rules)
     log.info("collector %s: %s -> %s bucket %s", settings.client_id, settings.broker, settings.influx_url, settings.bucket)
+    if not NATIVE_CORE:  # the same lines, at about half the GPU-windows a core can take
+        log.warning("gpufleet._native is not built (no C compiler at install): decoding and lines run in Python")
     async def run(stop: asyncio.Event) -> None:
         sdnotify.notify("READY=1")  # configured; the log says what it waits for (broker, InfluxDB)
         watchdog = asyncio.create_task(_feed_watchdog(lambda: collector.flush_progress, stop, settings.flush_interval), name="collector.watchdog")

@@ -51,6 +51,12 @@ import msgpack
 
 from gpufleet.catalogue import gpu_window_field_by_name, gpu_window_field_by_wire_id
 
+try:  # C fast paths of the collector's loops (gpufleet/native.c); the Python below stays the definition
+    from gpufleet import _native
+except ImportError:  # not built (no compiler at install): the same results, slower
+    _native = None
+NATIVE_CORE = _native is not None
+
 PROTOCOL_VERSION = 1  # events, state and stored confirmations
 TELEMETRY_VERSION = 2  # telemetry written; versions 1 and 2 are read
 UNKNOWN_FIELD_PREFIX = "wire_id_"  # a field id this side does not know decodes as wire_id_<n>
@@ -600,9 +606,20 @@ def _decode_workload_list(raw: Any) -> tuple[list[str], dict[str, dict[str, str 
 
 
 def _decode_gpu_rows(rows: list[Any], field_count: int, models: list[str], keys: list[str]) -> tuple[GpuWindow, ...]:
-    """Every GPU row of a message. Each row's shape is checked on its own; the numbers of all rows
-    together, one pass each in C (values, holders, owners), since they are almost always right;
-    only a message that fails that is checked again row by row, to name the bad number."""
+    """Every GPU row of a message: in C when built and every row passes (it checks what the
+    Python below checks, and declines with None whatever that would not accept), else in Python,
+    which accepts the same or raises the Rejected that names the fault."""
+    if _native is not None:
+        gpus = _native.gpu_rows(rows, field_count, models, keys, GpuWindow, Holder)
+        if gpus is not None:
+            return gpus
+    return _decode_gpu_rows_in_python(rows, field_count, models, keys)
+
+
+def _decode_gpu_rows_in_python(rows: list[Any], field_count: int, models: list[str], keys: list[str]) -> tuple[GpuWindow, ...]:
+    """Each row's shape is checked on its own; the numbers of all rows together, one pass each in
+    C (values, holders, owners), since they are almost always right; only a message that fails
+    that is checked again row by row, to name the bad number."""
     for raw in rows:
         _check_row_shape(raw, field_count, len(models))
     values = list(chain.from_iterable([raw[3] for raw in rows]))

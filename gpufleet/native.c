@@ -1,0 +1,561 @@
+/* gpufleet._native: the collector's two hottest loops in C, each a fast path of Python code that
+ * stays the definition.
+ *
+ *   gpu_rows(rows, field_count, models, keys, GpuWindow, Holder)
+ *       wire._decode_gpu_rows: a telemetry message's GPU rows checked and made into GpuWindow
+ *       tuples. Returns None ("declined") for anything it does not accept exactly as the Python
+ *       code would: the caller then runs that code, which accepts the same or raises the
+ *       Rejected that names the fault. So C never decides what is an error, nor says why.
+ *   LineFormat(heads, suffixes, positions).gpu_lines(plans, gpus, tail)
+ *       telemetry.FieldFormat: the `gpu` lines of a message, head + `name=value<suffix>,` for
+ *       each present field + tail. Returns None when a text is not ASCII or a value is not an
+ *       int within 64 bits (wire validation makes both impossible; the Python path then runs).
+ *
+ * Why C: in Python these were ~11 of the collector's ~18 µs per GPU-window (bench/stages.py),
+ * spent on one type check, range check or int-to-text per value, 41 values a GPU. Equality with
+ * the Python path is tested on random and hostile input (tests/unit/test_native.py).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* wire.py's limits; tests/unit/test_native.py checks that they agree. */
+#define MAX_GPUS 256
+#define MAX_HOLDERS 256
+#define MAX_UUID_CHARS 96
+#define MAX_HOLDER_SM 10000
+#define MAX_HOLDER_MEMORY (1LL << 48)
+#define MAX_ABS_INT 0x7fffffffffffffffLL /* InfluxDB integers: signed 64-bit, -MAX..MAX */
+#define DIGITS_MAX 20                     /* "-9223372036854775807" */
+
+/* ------------------------------------------------------------------------------ checks */
+
+/* An exact int (bool is a subclass, so excluded) in lo..hi, into *out; 0 when it is not. */
+static int int_within(PyObject *value, long long lo, long long hi, long long *out)
+{
+    int overflow;
+    long long number;
+    if (!PyLong_CheckExact(value))
+        return 0;
+    number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || (number == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (number < lo || number > hi)
+        return 0;
+    *out = number;
+    return 1;
+}
+
+static int none_or_int_within(PyObject *value, long long lo, long long hi)
+{
+    long long ignored;
+    return value == Py_None || int_within(value, lo, hi, &ignored);
+}
+
+static int is_alnum(Py_UCS1 c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+/* wire._UUID: [A-Za-z0-9][A-Za-z0-9-]{0,95}, an exact str. */
+static int is_uuid(PyObject *value)
+{
+    Py_ssize_t length, i;
+    const Py_UCS1 *chars;
+    if (!PyUnicode_CheckExact(value) || !PyUnicode_IS_ASCII(value))
+        return 0;
+    length = PyUnicode_GET_LENGTH(value);
+    if (length < 1 || length > MAX_UUID_CHARS)
+        return 0;
+    chars = PyUnicode_1BYTE_DATA(value);
+    if (!is_alnum(chars[0]))
+        return 0;
+    for (i = 1; i < length; i++)
+        if (!is_alnum(chars[i]) && chars[i] != '-')
+            return 0;
+    return 1;
+}
+
+/* A row's values: a list of field_count items, each None or an int within 64 bits. */
+static int values_ok(PyObject *values, Py_ssize_t field_count)
+{
+    Py_ssize_t i;
+    if (!PyList_CheckExact(values) || PyList_GET_SIZE(values) != field_count)
+        return 0;
+    for (i = 0; i < field_count; i++)
+        if (!none_or_int_within(PyList_GET_ITEM(values, i), -MAX_ABS_INT, MAX_ABS_INT))
+            return 0;
+    return 1;
+}
+
+/* [workload#, sm_util_centi, mem_bytes, ...]: at most MAX_HOLDERS triples. */
+static int holders_ok(PyObject *holders, Py_ssize_t key_count)
+{
+    Py_ssize_t length, i;
+    long long ignored;
+    if (!PyList_CheckExact(holders))
+        return 0;
+    length = PyList_GET_SIZE(holders);
+    if (length > 3 * MAX_HOLDERS || length % 3)
+        return 0;
+    for (i = 0; i < length; i += 3)
+        if (!int_within(PyList_GET_ITEM(holders, i), 0, key_count - 1, &ignored)
+            || !none_or_int_within(PyList_GET_ITEM(holders, i + 1), 0, MAX_HOLDER_SM)
+            || !none_or_int_within(PyList_GET_ITEM(holders, i + 2), 0, MAX_HOLDER_MEMORY))
+            return 0;
+    return 1;
+}
+
+static int owners_ok(PyObject *owners, Py_ssize_t key_count)
+{
+    Py_ssize_t i;
+    long long ignored;
+    if (!PyList_CheckExact(owners) || PyList_GET_SIZE(owners) > MAX_HOLDERS)
+        return 0;
+    for (i = 0; i < PyList_GET_SIZE(owners); i++)
+        if (!int_within(PyList_GET_ITEM(owners, i), 0, key_count - 1, &ignored))
+            return 0;
+    return 1;
+}
+
+/* wire._decode_mig: [instance id 0..63, slices, GPU slices], 1 <= slices <= GPU slices <= 8. */
+static int mig_ok(PyObject *mig)
+{
+    long long instance, slices, gpu_slices;
+    return PyList_CheckExact(mig) && PyList_GET_SIZE(mig) == 3
+           && int_within(PyList_GET_ITEM(mig, 0), 0, 63, &instance)
+           && int_within(PyList_GET_ITEM(mig, 1), 1, 8, &slices)
+           && int_within(PyList_GET_ITEM(mig, 2), 1, 8, &gpu_slices) && slices <= gpu_slices;
+}
+
+/* wire._check_row_shape and the number checks of _decode_gpu_rows, for one row. */
+static int row_ok(PyObject *row, Py_ssize_t field_count, Py_ssize_t model_count, Py_ssize_t key_count)
+{
+    Py_ssize_t length;
+    long long ignored;
+    if (!PyList_CheckExact(row))
+        return 0;
+    length = PyList_GET_SIZE(row);
+    if (length != 6 && length != 7)
+        return 0;
+    return int_within(PyList_GET_ITEM(row, 0), 0, MAX_GPUS - 1, &ignored)
+           && is_uuid(PyList_GET_ITEM(row, 1))
+           && int_within(PyList_GET_ITEM(row, 2), 0, model_count - 1, &ignored)
+           && values_ok(PyList_GET_ITEM(row, 3), field_count)
+           && holders_ok(PyList_GET_ITEM(row, 4), key_count)
+           && owners_ok(PyList_GET_ITEM(row, 5), key_count)
+           && (length == 6 || mig_ok(PyList_GET_ITEM(row, 6)));
+}
+
+/* ------------------------------------------------------------------------------ building */
+
+/* A NamedTuple of `type` holding `count` new references (stolen, even on failure): what
+ * tuple.__new__(type, items) makes, without the items' own tuple in between. */
+static PyObject *named_tuple(PyTypeObject *type, Py_ssize_t count, PyObject **items)
+{
+    Py_ssize_t i;
+    PyObject *made = NULL;
+    for (i = 0; i < count; i++)
+        if (items[i] == NULL)
+            goto drop;
+    made = type->tp_alloc(type, count);
+    if (made == NULL)
+        goto drop;
+    for (i = 0; i < count; i++)
+        PyTuple_SET_ITEM(made, i, items[i]);
+    return made;
+drop:
+    for (i = 0; i < count; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
+}
+
+static PyObject *key_at(PyObject *keys, PyObject *number)
+{
+    PyObject *key = PyList_GET_ITEM(keys, PyLong_AsSsize_t(number)); /* checked: 0..len-1 */
+    Py_INCREF(key);
+    return key;
+}
+
+static PyObject *new_ref(PyObject *object)
+{
+    Py_INCREF(object);
+    return object;
+}
+
+static PyObject *holders_of(PyObject *flat, PyObject *keys, PyTypeObject *holder_type)
+{
+    Py_ssize_t count = PyList_GET_SIZE(flat) / 3, i;
+    PyObject *holders = PyTuple_New(count);
+    if (holders == NULL)
+        return NULL;
+    for (i = 0; i < count; i++) {
+        PyObject *items[3] = {
+            key_at(keys, PyList_GET_ITEM(flat, 3 * i)),
+            new_ref(PyList_GET_ITEM(flat, 3 * i + 1)),
+            new_ref(PyList_GET_ITEM(flat, 3 * i + 2)),
+        };
+        PyObject *holder = named_tuple(holder_type, 3, items);
+        if (holder == NULL) {
+            Py_DECREF(holders);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(holders, i, holder);
+    }
+    return holders;
+}
+
+static PyObject *owners_of(PyObject *numbers, PyObject *keys)
+{
+    Py_ssize_t count = PyList_GET_SIZE(numbers), i;
+    PyObject *owners = PyTuple_New(count);
+    if (owners == NULL)
+        return NULL;
+    for (i = 0; i < count; i++)
+        PyTuple_SET_ITEM(owners, i, key_at(keys, PyList_GET_ITEM(numbers, i)));
+    return owners;
+}
+
+static PyObject *mig_of(PyObject *row)
+{
+    PyObject *mig;
+    if (PyList_GET_SIZE(row) == 6)
+        return new_ref(Py_None);
+    mig = PyList_GET_ITEM(row, 6);
+    return PyTuple_Pack(3, PyList_GET_ITEM(mig, 0), PyList_GET_ITEM(mig, 1), PyList_GET_ITEM(mig, 2));
+}
+
+static PyObject *gpu_window_of(PyObject *row, PyObject *models, PyObject *keys, PyTypeObject *gpu_type,
+                               PyTypeObject *holder_type)
+{
+    PyObject *items[7] = {
+        new_ref(PyList_GET_ITEM(row, 0)),
+        new_ref(PyList_GET_ITEM(row, 1)),
+        key_at(models, PyList_GET_ITEM(row, 2)),
+        PyList_AsTuple(PyList_GET_ITEM(row, 3)),
+        holders_of(PyList_GET_ITEM(row, 4), keys, holder_type),
+        owners_of(PyList_GET_ITEM(row, 5), keys),
+        mig_of(row),
+    };
+    return named_tuple(gpu_type, 7, items);
+}
+
+static int is_tuple_type(PyObject *type)
+{
+    return PyType_Check(type) && PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type);
+}
+
+static PyObject *gpu_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *rows, *models, *keys, *gpus;
+    Py_ssize_t field_count, row_count, i;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "gpu_rows(rows, field_count, models, keys, GpuWindow, Holder)");
+        return NULL;
+    }
+    rows = args[0], models = args[2], keys = args[3];
+    field_count = PyLong_AsSsize_t(args[1]);
+    if (field_count == -1 && PyErr_Occurred())
+        return NULL;
+    if (!PyList_CheckExact(rows) || !PyList_CheckExact(models) || !PyList_CheckExact(keys)
+        || !is_tuple_type(args[4]) || !is_tuple_type(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "gpu_rows: rows, models and keys are lists, the types tuples");
+        return NULL;
+    }
+    row_count = PyList_GET_SIZE(rows);
+    for (i = 0; i < row_count; i++) /* all checked before anything is made: most messages pass */
+        if (!row_ok(PyList_GET_ITEM(rows, i), field_count, PyList_GET_SIZE(models), PyList_GET_SIZE(keys)))
+            Py_RETURN_NONE;
+    gpus = PyTuple_New(row_count);
+    if (gpus == NULL)
+        return NULL;
+    for (i = 0; i < row_count; i++) {
+        PyObject *gpu = gpu_window_of(PyList_GET_ITEM(rows, i), models, keys, (PyTypeObject *)args[4],
+                                      (PyTypeObject *)args[5]);
+        if (gpu == NULL) {
+            Py_DECREF(gpus);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(gpus, i, gpu);
+    }
+    return gpus;
+}
+
+/* ---------------------------------------------------------------------------- LineFormat */
+
+typedef struct {
+    char *text; /* ASCII, not terminated */
+    Py_ssize_t length;
+} Piece;
+
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t count;     /* known fields */
+    Py_ssize_t *position; /* of each known field among a GPU's values */
+    Piece *head;          /* `name=` */
+    Piece *suffix;        /* `i,`, `e-3,`: what follows the integer, with the field's comma */
+    char *scratch;        /* room for every field present at its longest */
+    Py_ssize_t scratch_size;
+} LineFormat;
+
+static void line_format_dealloc(LineFormat *self)
+{
+    Py_ssize_t i;
+    for (i = 0; i < self->count; i++) {
+        if (self->head)
+            PyMem_Free(self->head[i].text);
+        if (self->suffix)
+            PyMem_Free(self->suffix[i].text);
+    }
+    PyMem_Free(self->position);
+    PyMem_Free(self->head);
+    PyMem_Free(self->suffix);
+    PyMem_Free(self->scratch);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int copy_ascii(PyObject *text, Piece *piece)
+{
+    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) {
+        PyErr_SetString(PyExc_ValueError, "LineFormat: heads and suffixes are ASCII str");
+        return -1;
+    }
+    piece->length = PyUnicode_GET_LENGTH(text);
+    piece->text = PyMem_Malloc(piece->length + 1);
+    if (piece->text == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(piece->text, PyUnicode_1BYTE_DATA(text), piece->length);
+    return 0;
+}
+
+static int line_format_init(LineFormat *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *heads, *suffixes, *positions;
+    Py_ssize_t i;
+    static char *names[] = {"heads", "suffixes", "positions", NULL};
+    if (self->head != NULL) {
+        PyErr_SetString(PyExc_TypeError, "LineFormat is made once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!O!:LineFormat", names, &PyTuple_Type, &heads, &PyTuple_Type,
+                                     &suffixes, &PyTuple_Type, &positions))
+        return -1;
+    self->count = PyTuple_GET_SIZE(heads);
+    if (PyTuple_GET_SIZE(suffixes) != self->count || PyTuple_GET_SIZE(positions) != self->count) {
+        PyErr_SetString(PyExc_ValueError, "LineFormat: heads, suffixes and positions differ in length");
+        return -1;
+    }
+    self->position = PyMem_Calloc(self->count + 1, sizeof(Py_ssize_t));
+    self->head = PyMem_Calloc(self->count + 1, sizeof(Piece));
+    self->suffix = PyMem_Calloc(self->count + 1, sizeof(Piece));
+    if (!self->position || !self->head || !self->suffix) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->scratch_size = 1;
+    for (i = 0; i < self->count; i++) {
+        self->position[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(positions, i));
+        if (self->position[i] < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "LineFormat: positions are >= 0");
+            return -1;
+        }
+        if (copy_ascii(PyTuple_GET_ITEM(heads, i), &self->head[i]) < 0
+            || copy_ascii(PyTuple_GET_ITEM(suffixes, i), &self->suffix[i]) < 0)
+            return -1;
+        self->scratch_size += self->head[i].length + DIGITS_MAX + self->suffix[i].length;
+    }
+    self->scratch = PyMem_Malloc(self->scratch_size);
+    if (self->scratch == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static const char DIGIT_PAIRS[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* The decimal text of `number` at `out`, as str(int) writes it; returns its length. */
+static Py_ssize_t write_int(char *out, long long number)
+{
+    char digits[DIGITS_MAX];
+    char *end = digits + DIGITS_MAX, *at = end;
+    unsigned long long rest = number < 0 ? 0ULL - (unsigned long long)number : (unsigned long long)number;
+    Py_ssize_t length;
+    while (rest >= 100) {
+        unsigned pair = (unsigned)(rest % 100) * 2;
+        rest /= 100;
+        *--at = DIGIT_PAIRS[pair + 1];
+        *--at = DIGIT_PAIRS[pair];
+    }
+    if (rest >= 10) {
+        *--at = DIGIT_PAIRS[rest * 2 + 1];
+        *--at = DIGIT_PAIRS[rest * 2];
+    }
+    else
+        *--at = (char)('0' + rest);
+    if (number < 0)
+        *--at = '-';
+    length = end - at;
+    memcpy(out, at, length);
+    return length;
+}
+
+/* The field set of one GPU's values into self->scratch; its length, or -1 to decline. */
+static Py_ssize_t write_fields(LineFormat *self, PyObject *values)
+{
+    Py_ssize_t i, length = 0, value_count;
+    if (!PyTuple_Check(values))
+        return -1;
+    value_count = PyTuple_GET_SIZE(values);
+    for (i = 0; i < self->count; i++) {
+        PyObject *value;
+        long long number;
+        if (self->position[i] >= value_count)
+            return -1;
+        value = PyTuple_GET_ITEM(values, self->position[i]);
+        if (value == Py_None)
+            continue;
+        if (!int_within(value, -MAX_ABS_INT, MAX_ABS_INT, &number))
+            return -1;
+        memcpy(self->scratch + length, self->head[i].text, self->head[i].length);
+        length += self->head[i].length;
+        length += write_int(self->scratch + length, number);
+        memcpy(self->scratch + length, self->suffix[i].text, self->suffix[i].length);
+        length += self->suffix[i].length;
+    }
+    return length;
+}
+
+static PyObject *ascii_of(PyObject *text)
+{
+    return PyUnicode_Check(text) && PyUnicode_IS_ASCII(text) ? text : NULL;
+}
+
+/* head + fields + tail as a new str. */
+static PyObject *joined(PyObject *head, const char *fields, Py_ssize_t fields_length, PyObject *tail)
+{
+    Py_ssize_t head_length = PyUnicode_GET_LENGTH(head), tail_length = PyUnicode_GET_LENGTH(tail);
+    PyObject *line = PyUnicode_New(head_length + fields_length + tail_length, 127);
+    char *at;
+    if (line == NULL)
+        return NULL;
+    at = (char *)PyUnicode_1BYTE_DATA(line);
+    memcpy(at, PyUnicode_1BYTE_DATA(head), head_length);
+    memcpy(at + head_length, fields, fields_length);
+    memcpy(at + head_length + fields_length, PyUnicode_1BYTE_DATA(tail), tail_length);
+    return line;
+}
+
+/* gpu_lines(plans, gpus, tail): [plan[0] + fields(gpu[3]) + tail for each pair], or None. */
+static PyObject *line_format_gpu_lines(LineFormat *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *plans, *gpus, *tail, *lines;
+    Py_ssize_t count, i;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "gpu_lines(plans, gpus, tail)");
+        return NULL;
+    }
+    plans = args[0], gpus = args[1], tail = ascii_of(args[2]);
+    if (!PyList_CheckExact(plans) || !PyTuple_Check(gpus) || PyList_GET_SIZE(plans) != PyTuple_GET_SIZE(gpus)) {
+        PyErr_SetString(PyExc_TypeError, "gpu_lines: plans is a list, gpus a tuple, of one length");
+        return NULL;
+    }
+    if (tail == NULL)
+        Py_RETURN_NONE;
+    count = PyList_GET_SIZE(plans);
+    lines = PyList_New(count);
+    if (lines == NULL)
+        return NULL;
+    for (i = 0; i < count; i++) {
+        PyObject *plan = PyList_GET_ITEM(plans, i), *gpu = PyTuple_GET_ITEM(gpus, i), *head, *line;
+        Py_ssize_t fields_length;
+        if (!PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) < 1 || !PyTuple_Check(gpu) || PyTuple_GET_SIZE(gpu) < 4)
+            goto decline;
+        head = ascii_of(PyTuple_GET_ITEM(plan, 0));
+        fields_length = write_fields(self, PyTuple_GET_ITEM(gpu, 3));
+        if (head == NULL || fields_length < 0)
+            goto decline;
+        line = joined(head, self->scratch, fields_length, tail);
+        if (line == NULL) {
+            Py_DECREF(lines);
+            return NULL;
+        }
+        PyList_SET_ITEM(lines, i, line);
+    }
+    return lines;
+decline:
+    Py_DECREF(lines);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef line_format_methods[] = {
+    {"gpu_lines", (PyCFunction)(void (*)(void))line_format_gpu_lines, METH_FASTCALL,
+     "gpu_lines(plans, gpus, tail) -> list[str] | None: plan[0] + `name=value<suffix>,` for each present "
+     "field of gpu[3] + tail, per GPU; None to leave it to the Python path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LineFormatType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gpufleet._native.LineFormat",
+    .tp_basicsize = sizeof(LineFormat),
+    .tp_dealloc = (destructor)line_format_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "LineFormat(heads, suffixes, positions): how the known fields of a GPU's values are written.",
+    .tp_methods = line_format_methods,
+    .tp_init = (initproc)line_format_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------------------------------ module */
+
+static PyMethodDef module_methods[] = {
+    {"gpu_rows", (PyCFunction)(void (*)(void))gpu_rows, METH_FASTCALL,
+     "gpu_rows(rows, field_count, models, keys, GpuWindow, Holder) -> tuple[GpuWindow, ...] | None: "
+     "wire._decode_gpu_rows when every row passes; None to leave it to the Python path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "gpufleet._native",
+    .m_doc = "The collector's hot loops in C: fast paths of wire._decode_gpu_rows and telemetry.FieldFormat.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+static int add_int64(PyObject *module, const char *name, long long value)
+{
+    PyObject *number = PyLong_FromLongLong(value);
+    int failed = PyModule_AddObjectRef(module, name, number);
+    Py_XDECREF(number);
+    return failed;
+}
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    PyObject *module;
+    if (PyType_Ready(&LineFormatType) < 0)
+        return NULL;
+    module = PyModule_Create(&native_module);
+    if (module == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(module, "LineFormat", (PyObject *)&LineFormatType) < 0
+        || PyModule_AddIntConstant(module, "MAX_GPUS", MAX_GPUS) < 0
+        || PyModule_AddIntConstant(module, "MAX_HOLDERS", MAX_HOLDERS) < 0
+        || PyModule_AddIntConstant(module, "MAX_HOLDER_SM", MAX_HOLDER_SM) < 0
+        || add_int64(module, "MAX_HOLDER_MEMORY", MAX_HOLDER_MEMORY) < 0
+        || add_int64(module, "MAX_ABS_INT", MAX_ABS_INT) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,19 @@
+"""The C part of gpufleet; everything else is declared in pyproject.toml.
+
+gpufleet._native holds fast paths of two collector loops (see gpufleet/native.c). It is optional:
+where it cannot be built (no C compiler or no Python headers) the install still succeeds and the
+collector runs the same Python code, about twice as slowly; `gpufleet collector` logs which.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "gpufleet._native",
+            sources=["gpufleet/native.c"],
+            optional=True,
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+        )
+    ]
+)

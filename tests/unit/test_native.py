@@ -1,0 +1,218 @@
+"""gpufleet._native (gpufleet/native.c) against the Python it speeds up, which stays the definition.
+
+  gpu_rows    on valid rows returns what wire._decode_gpu_rows_in_python returns; on anything
+              else it either returns the same (never something different) or declines with None,
+              and it declines on every row the Python path rejects.
+  LineFormat  writes what FieldFormat.fields writes between a line's head and tail, for every
+              mix of present and absent values and the extremes of 64 bits; declines on values
+              wire validation never lets through.
+The build itself is tested: `make deps` builds the module, and a collector without it is twice as
+slow, so its absence must fail here rather than show up as a slow fleet.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import pytest
+from gpufleet.collector import lineproto, telemetry
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpufleet import wire
+
+_native = wire._native  # what the collector uses: None if the import failed
+FIELDS = ("power_w", "energy_j", "util_gpu_pct", "temp_gpu_c", "wire_id_999", "clock_sm_mhz")
+KEYS = ["slurm:1", "k8s:p", "unit:x"]
+MODELS = ["NVIDIA H100 80GB HBM3", "Tesla T4"]
+INT64 = (1 << 63) - 1
+
+
+def test_the_native_core_is_built_and_shares_wire_limits() -> None:
+    assert _native is not None, "gpufleet._native was not built: `make deps` needs gcc and the Python headers"
+    assert (_native.MAX_GPUS, _native.MAX_HOLDERS, _native.MAX_ABS_INT) == (wire.MAX_GPUS, wire.MAX_HOLDERS, wire.MAX_ABS_INT)
+    assert _native.MAX_HOLDER_MEMORY == wire.MAX_HOLDER_MEMORY
+    assert _native.MAX_HOLDER_SM == 10_000
+
+
+value = st.none() | st.integers(-INT64, INT64) | st.sampled_from([0, 1, -1, INT64, -INT64, 10**6])
+
+
+@st.composite
+def valid_rows(draw: st.DrawFn) -> list[list[Any]]:
+    rows = []
+    for index in draw(st.lists(st.integers(0, 255), max_size=8)):
+        holders: list[Any] = []
+        for _ in range(draw(st.integers(0, 3))):
+            holders += [
+                draw(st.integers(0, len(KEYS) - 1)),
+                draw(st.none() | st.integers(0, 10_000)),
+                draw(st.none() | st.integers(0, 1 << 48)),
+            ]
+        uuid = draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,95}", fullmatch=True))
+        row = [index, uuid, draw(st.integers(0, len(MODELS) - 1)), [draw(value) for _ in FIELDS], holders,
+               draw(st.lists(st.integers(0, len(KEYS) - 1), max_size=3))]
+        if draw(st.booleans()):
+            slices = draw(st.integers(1, 8))
+            row.append([draw(st.integers(0, 63)), slices, draw(st.integers(slices, 8))])
+        rows.append(row)
+    return rows
+
+
+def in_python(rows: list[Any]) -> tuple[wire.GpuWindow, ...] | wire.Rejected:
+    try:
+        return wire._decode_gpu_rows_in_python(rows, len(FIELDS), MODELS, KEYS)
+    except wire.Rejected as rejection:
+        return rejection
+
+
+def in_c(rows: list[Any]) -> tuple[wire.GpuWindow, ...] | None:
+    assert _native is not None
+    return _native.gpu_rows(rows, len(FIELDS), MODELS, KEYS, wire.GpuWindow, wire.Holder)
+
+
+def same_windows(ours: tuple[wire.GpuWindow, ...], theirs: tuple[wire.GpuWindow, ...]) -> bool:
+    """Equal, and of the same types all the way down (1 == True, but True is not a reading)."""
+    def shape(item: Any) -> Any:
+        if isinstance(item, tuple):
+            return (type(item), tuple(shape(part) for part in item))
+        return (type(item), item)
+    return shape(ours) == shape(theirs)
+
+
+@settings(max_examples=400, deadline=None)
+@given(valid_rows())
+def test_valid_rows_make_the_same_gpu_windows(rows: list[list[Any]]) -> None:
+    expected = in_python(rows)
+    assert not isinstance(expected, wire.Rejected), expected
+    made = in_c(copy.deepcopy(rows))
+    assert made is not None, "the fast path declined rows the Python path accepts"
+    assert same_windows(made, expected)
+
+
+# What a hostile or broken agent may put anywhere in a row, near every limit.
+JUNK = [None, True, False, 0, -1, 1, 2, 3, 7, 8, 63, 64, 255, 256, 9_999, 10_000, 10_001, 1 << 48, (1 << 48) + 1,
+        INT64, -INT64, -INT64 - 1, INT64 + 1, 1 << 70, 1.0, 0.5, float("nan"), "", "x", "GPU-0", "GPU 0", "GPU-é",
+        "a" * 96, "a" * 97, "-GPU", b"GPU-0", [], [0], [0, 1, 1], [0, 1, 1, 2], {}, (0,), {"a": 1}]
+
+
+class _ListOfKind(list):  # a list subclass: msgpack never makes one, so the fast path declines it
+    pass
+
+
+def mutants(rows: list[list[Any]], rng: random.Random, count: int) -> list[list[Any]]:
+    made = []
+    for _ in range(count):
+        mutant = copy.deepcopy(rows)
+        row = rng.choice(mutant)
+        where = rng.randrange(len(row) + 1)
+        roll = rng.random()
+        if where == len(row):  # the row's own shape
+            if roll < 0.4:
+                row.append(rng.choice(JUNK))
+            elif roll < 0.8:
+                row.pop()
+            else:
+                mutant[mutant.index(row)] = _ListOfKind(row)
+        elif isinstance(row[where], list) and row[where] and roll < 0.7:  # inside values, holders, owners, mig
+            inner = row[where]
+            if roll < 0.5:
+                inner[rng.randrange(len(inner))] = rng.choice(JUNK)
+            elif roll < 0.6:
+                inner.append(rng.choice(JUNK))
+            else:
+                inner.pop()
+        else:
+            row[where] = rng.choice(JUNK)
+        made.append(mutant)
+    return made
+
+
+@settings(max_examples=200, deadline=None)
+@given(valid_rows().filter(bool), st.randoms(use_true_random=False))
+def test_hostile_rows_are_declined_or_made_exactly_as_in_python(rows: list[list[Any]], rng: random.Random) -> None:
+    declined = 0
+    for mutant in mutants(rows, rng, 30):
+        expected = in_python(copy.deepcopy(mutant))
+        made = in_c(mutant)
+        if isinstance(expected, wire.Rejected):
+            assert made is None, f"C accepted rows Python rejects ({expected}): {mutant!r}"
+            declined += 1
+        elif made is None:
+            declined += 1  # allowed (the Python path then runs), e.g. for a list subclass
+        else:
+            assert same_windows(made, expected), mutant
+    assert declined <= 30
+
+
+def test_a_row_of_each_fault_is_declined() -> None:
+    good = [3, "GPU-3", 0, [1, None, 2, 3, 4, 5], [0, 50, 1 << 30], [1]]
+    assert in_c([good]) is not None
+    faults = {
+        "index past 255": (0, 256),
+        "bool index": (0, True),
+        "uuid with a space": (1, "GPU 3"),
+        "uuid too long": (1, "a" * 97),
+        "model# past the list": (2, 2),
+        "a value too few": (3, [1, None, 2, 3, 4]),
+        "a float value": (3, [1.0, None, 2, 3, 4, 5]),
+        "a value below -(2**63-1)": (3, [-INT64 - 1, None, 2, 3, 4, 5]),
+        "a value past 64 bits": (3, [1 << 64, None, 2, 3, 4, 5]),
+        "holders not triples": (4, [0, 50]),
+        "holder workload# past the list": (4, [3, 50, 1]),
+        "holder SM over 100 %": (4, [0, 10_001, 1]),
+        "holder memory over 256 TiB": (4, [0, 1, (1 << 48) + 1]),
+        "holder workload# None": (4, [None, 1, 1]),
+        "owner workload# negative": (5, [-1]),
+        "owners not a list": (5, (1,)),
+    }
+    for fault, (position, junk) in faults.items():
+        row = copy.deepcopy(good)
+        row[position] = junk
+        assert isinstance(in_python([row]), wire.Rejected), fault
+        assert in_c([row]) is None, fault
+    assert in_c([good + [[1, 2, 9]]]) is None, "MIG slices past 8"
+    assert in_c([good + [[1, 3, 2]]]) is None, "MIG instance larger than its GPU"
+
+
+def field_format_and_plans(fields: tuple[str, ...], heads: list[str]) -> tuple[telemetry.FieldFormat, list]:
+    return telemetry.FieldFormat(fields), [telemetry.GpuPlan(head, None, ()) for head in heads]  # type: ignore[arg-type]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(*[value for _ in FIELDS]), min_size=1, max_size=8),
+    st.permutations(FIELDS),
+    st.sampled_from(["seq=3i,window_s=10.0 1767225600000000000", ""]),
+)
+def test_line_format_writes_what_the_python_format_writes(rows: list[tuple], fields: list[str], tail: str) -> None:
+    fmt, plans = field_format_and_plans(tuple(fields), [f"gpu,gpu={i},node=n1 " for i in range(len(rows))])
+    gpus = tuple(wire.GpuWindow(i, f"GPU-{i}", "T4", values) for i, values in enumerate(rows))
+    assert fmt.native is not None
+    expected = [f"{plan.gpu_head}{fmt.fields(gpu.values)}{tail}" for plan, gpu in zip(plans, gpus)]
+    assert fmt.native.gpu_lines(plans, gpus, tail) == expected
+
+
+def test_line_format_declines_what_validation_never_passes() -> None:
+    fmt, plans = field_format_and_plans(FIELDS, ["gpu,node=n1 "])
+    assert fmt.native is not None
+    for junk in (True, 1.5, "1", INT64 + 1, -INT64 - 1):
+        gpus = (wire.GpuWindow(0, "GPU-0", "T4", (junk, 1, 2, 3, 4, 5)),)
+        assert fmt.native.gpu_lines(plans, gpus, " 1") is None, junk
+    gpus = (wire.GpuWindow(0, "GPU-0", "T4", (1, 2, 3, 4, 5, 6)),)
+    assert fmt.native.gpu_lines(plans, gpus, " 1") == ["gpu,node=n1 power_w=1e-3,energy_j=2e-3,util_gpu_pct=3e-2,temp_gpu_c=4i,clock_sm_mhz=6i, 1"]
+    assert fmt.native.gpu_lines([telemetry.GpuPlan("gpu,node=né ", None, ())], gpus, " 1") is None  # type: ignore[arg-type]
+    assert fmt.native.gpu_lines(plans, (wire.GpuWindow(0, "GPU-0", "T4", (1, 2)),), " 1") is None  # values too short
+    with pytest.raises(TypeError):
+        fmt.native.gpu_lines(plans, (), " 1")  # lengths differ: a caller's bug, not input
+
+
+def test_line_format_refuses_non_ascii_pieces() -> None:
+    assert _native is not None
+    with pytest.raises(ValueError):
+        _native.LineFormat(("pöwer=",), ("i,",), (0,))
+    with pytest.raises(ValueError):
+        _native.LineFormat(("a=", "b="), ("i,",), (0, 1))
+    assert lineproto.value_suffix(None) == "i"
