@@ -116,6 +116,8 @@ class Pipeline:
                 instances.setdefault(gpu.index, []).append(gpu)
         window_ms = window.t1_ms - window.t0_ms
         stamp = str(window.t0_ms * 1_000_000)
+        if not instances:  # no MIG on the node: the usual case
+            return self._telemetry.tenant_usage_lines(plans, window.gpus, window_ms, fields, stamp)
         lines = []
         for plan, gpu in zip(plans, window.gpus):
             if gpu.mig is not None:

@@ -225,6 +225,24 @@ class TelemetryLines:
                 return lines
         return [f"{plan.gpu_head}{fields.fields(gpu.values)}{window_tail}" for plan, gpu in zip(plans, gpus)]
 
+    def tenant_usage_lines(
+        self, plans: list[GpuPlan], gpus: tuple[GpuWindow, ...], window_ms: int, fields: FieldFormat, stamp: str
+    ) -> list[str]:
+        """tenant_lines of every GPU of a window without MIG instances, in order: a GPU billed to
+        one tenant (the usual case) in C where that is built (gpufleet/native.c), the others here."""
+        energy_at, util_at = fields.energy_at, fields.util_at
+
+        def split(plan: GpuPlan, gpu: GpuWindow) -> list[str]:
+            energy_mj = gpu.values[energy_at] if energy_at is not None else None
+            util_centi = gpu.values[util_at] if util_at is not None else None
+            return self.tenant_lines(plan, gpu, window_ms, energy_mj, util_centi, stamp)
+
+        if _native is not None:
+            return _native.tenant_lines(
+                plans, gpus, window_ms, -1 if energy_at is None else energy_at, -1 if util_at is None else util_at, stamp, split
+            )
+        return [line for plan, gpu in zip(plans, gpus) for line in split(plan, gpu)]
+
     def tenant_lines(
         self, plan: GpuPlan, gpu: GpuWindow, window_ms: int, energy_mj: int | None, util_centi: int | None, stamp: str
     ) -> list[str]:

@@ -1,5 +1,5 @@
-/* gpufleet._native: the collector's two hottest loops in C, each a fast path of Python code that
- * stays the definition.
+/* gpufleet._native: the collector's hottest loops in C, each a fast path of Python code that stays
+ * the definition.
  *
  *   gpu_rows(rows, field_count, models, keys, GpuWindow, Holder)
  *       wire._decode_gpu_rows: a telemetry message's GPU rows checked and made into GpuWindow
@@ -10,10 +10,16 @@
  *       telemetry.FieldFormat: the `gpu` lines of a message, head + `name=value<suffix>,` for
  *       each present field + tail. Returns None when a text is not ASCII or a value is not an
  *       int within 64 bits (wire validation makes both impossible; the Python path then runs).
+ *   tenant_lines(plans, gpus, window_ms, energy_at, util_at, stamp, split)
+ *       TelemetryLines.tenant_lines for each GPU of a window without MIG: the window, busy time
+ *       and energy split among its workloads (attribute.hamilton, exact), summed per tenant, a
+ *       `tenant_usage` line each. A GPU it does not take (MIG, a text not ASCII, a negative
+ *       energy, more than MAX_KEYS workloads) goes to split(plan, gpu), the Python path.
  *
- * Why C: in Python these were ~11 of the collector's ~18 µs per GPU-window (bench/stages.py),
- * spent on one type check, range check or int-to-text per value, 41 values a GPU. Equality with
- * the Python path is tested on random and hostile input (tests/unit/test_native.py).
+ * Why C: in Python these were ~15 of the collector's ~25 µs per GPU-window with 1-3 workloads a
+ * GPU (bench/stages.py), spent on a type check, a range check or an int-to-text per value, 41
+ * values a GPU. Equality with the Python path is tested on random and hostile input
+ * (tests/unit/test_native.py, and test_telemetry.py against the readable definition).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -515,12 +521,377 @@ static PyTypeObject LineFormatType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* -------------------------------------------------------------------------- tenant lines */
+
+/* What one GPU-window of one tenant needs, read from its plan and GpuWindow. */
+typedef struct {
+    PyObject *texts[4]; /* tenant line pieces: tags, tenant tag, uuid field, workloads field */
+    long long energy_mj, busy_ms, memory;
+    int has_energy, has_busy, has_memory;
+} OneTenant;
+
+/* Memory of a one-tenant GPU, as TelemetryLines.tenant_lines finds it: the one holder's reading,
+ * else (sharing.holder_slots set) the readings present summed; 0 to decline. */
+static int memory_of(PyObject *sharing, PyObject *holders, OneTenant *out)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(holders), i;
+    long long total = 0, memory;
+    int present = 0;
+    if (count != 1 && PyTuple_GET_ITEM(sharing, 1) == Py_None) { /* idle owners or nobody */
+        out->has_memory = 0;
+        return 1;
+    }
+    for (i = 0; i < count; i++) {
+        PyObject *holder = PyTuple_GET_ITEM(holders, i), *reading;
+        if (!PyTuple_Check(holder) || PyTuple_GET_SIZE(holder) != 3)
+            return 0;
+        reading = PyTuple_GET_ITEM(holder, 2);
+        if (reading == Py_None)
+            continue;
+        if (!int_within(reading, 0, MAX_HOLDER_MEMORY, &memory))
+            return 0;
+        total += memory, present = 1;
+    }
+    out->has_memory = present, out->memory = total;
+    return 1;
+}
+
+/* A reading at `at` of the values, None (or no such field: at < 0) as absent; 0 to decline. */
+static int reading_at(PyObject *values, Py_ssize_t at, long long lo, long long *out, int *has)
+{
+    PyObject *value;
+    *has = 0;
+    if (at < 0)
+        return 1;
+    if (at >= PyTuple_GET_SIZE(values))
+        return 0;
+    value = PyTuple_GET_ITEM(values, at);
+    if (value == Py_None)
+        return 1;
+    *has = 1;
+    return int_within(value, lo, MAX_ABS_INT, out);
+}
+
+/* The GPU-window of a plan with one tenant line, or 0: several tenants, a reading C does not
+ * take (negative energy, which the Python path rejects), a text that is not ASCII. */
+static int one_tenant(PyObject *plan, PyObject *gpu, Py_ssize_t energy_at, Py_ssize_t util_at, long long window_ms,
+                      OneTenant *out)
+{
+    PyObject *lines, *texts, *sharing, *values, *holders;
+    long long util;
+    int has_util, i;
+    if (!PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) != 3 || !PyTuple_Check(gpu) || PyTuple_GET_SIZE(gpu) != 7)
+        return 0;
+    sharing = PyTuple_GET_ITEM(plan, 1), lines = PyTuple_GET_ITEM(plan, 2);
+    values = PyTuple_GET_ITEM(gpu, 3), holders = PyTuple_GET_ITEM(gpu, 4);
+    if (PyTuple_GET_ITEM(gpu, 6) != Py_None || !PyTuple_Check(lines) || PyTuple_GET_SIZE(lines) != 1
+        || !PyTuple_Check(sharing) || PyTuple_GET_SIZE(sharing) < 2 || !PyTuple_Check(values) || !PyTuple_Check(holders))
+        return 0;
+    texts = PyTuple_GET_ITEM(lines, 0);
+    if (!PyTuple_Check(texts) || PyTuple_GET_SIZE(texts) != 4)
+        return 0;
+    for (i = 0; i < 4; i++)
+        if ((out->texts[i] = ascii_of(PyTuple_GET_ITEM(texts, i))) == NULL)
+            return 0;
+    if (!reading_at(values, energy_at, 0, &out->energy_mj, &out->has_energy)
+        || !reading_at(values, util_at, -MAX_ABS_INT, &util, &has_util) || !memory_of(sharing, holders, out))
+        return 0;
+    out->has_busy = has_util;
+    if (has_util) { /* telemetry._busy_ms: window x util, half up, util clamped to 0..100 % */
+        util = util < 0 ? 0 : util > 10000 ? 10000 : util;
+        out->busy_ms = (2 * window_ms * util + 10000) / 20000;
+    }
+    return 1;
+}
+
+static char *put_text(char *at, PyObject *text)
+{
+    memcpy(at, PyUnicode_1BYTE_DATA(text), PyUnicode_GET_LENGTH(text));
+    return at + PyUnicode_GET_LENGTH(text);
+}
+
+static char *put_field(char *at, const char *name, long long number, const char *suffix)
+{
+    size_t name_length = strlen(name), suffix_length = strlen(suffix);
+    memcpy(at, name, name_length);
+    at += name_length;
+    at += write_int(at, number);
+    memcpy(at, suffix, suffix_length);
+    return at + suffix_length;
+}
+
+/* telemetry._tenant_line: one tenant's share of a GPU-window. */
+static PyObject *tenant_line(const OneTenant *one, long long gpu_ms, PyObject *stamp)
+{
+    char small[2048], *buffer = small, *at;
+    Py_ssize_t room = 6 * DIGITS_MAX + 96 + PyUnicode_GET_LENGTH(stamp), i;
+    PyObject *line;
+    for (i = 0; i < 4; i++)
+        room += PyUnicode_GET_LENGTH(one->texts[i]);
+    if (room > (Py_ssize_t)sizeof(small) && (buffer = PyMem_Malloc(room)) == NULL)
+        return PyErr_NoMemory();
+    at = put_text(buffer, one->texts[0]);
+    at = put_text(at, one->texts[1]);
+    at = put_field(at, "gpu_s=", gpu_ms, "e-3");
+    if (one->has_busy) {
+        at = put_field(at, ",busy_gpu_s=", one->busy_ms, "e-3");
+        at = put_field(at, ",idle_gpu_s=", gpu_ms - one->busy_ms, "e-3");
+    }
+    if (one->has_energy)
+        at = put_field(at, ",energy_j=", one->energy_mj, "e-3");
+    if (one->has_memory)
+        at = put_field(at, ",peak_mem_bytes=", one->memory, "i");
+    *at++ = ',';
+    at = put_text(at, one->texts[2]);
+    at = put_text(at, one->texts[3]);
+    at = put_text(at, stamp);
+    line = PyUnicode_New(at - buffer, 127);
+    if (line != NULL)
+        memcpy(PyUnicode_1BYTE_DATA(line), buffer, at - buffer);
+    if (buffer != small)
+        PyMem_Free(buffer);
+    return line;
+}
+
+/* ------------------------------------------------------------------- several tenants */
+
+#define MAX_KEYS 64 /* workloads sharing one GPU-window; past this the Python path splits it */
+
+/* attribute.hamilton: `total` in proportion to `weights` (largest remainder, ties to the lower
+ * position), no key above its cap when `caps` is given; 0 where the caps leave a unit nowhere to
+ * go (the Python path then raises). Products in 128 bits: energy (up to 2^63 mJ) x weight. */
+static int hamilton(long long total, const long long *weights, int count, const long long *caps, long long *seats)
+{
+    __int128 whole = 0, remainders[MAX_KEYS];
+    long long ones[MAX_KEYS], left = total;
+    int order[MAX_KEYS], i, j;
+    for (i = 0; i < count; i++)
+        whole += weights[i];
+    if (whole == 0) { /* all-zero weights split equally */
+        for (i = 0; i < count; i++)
+            ones[i] = 1;
+        weights = ones, whole = count;
+    }
+    for (i = 0; i < count; i++) {
+        __int128 product = (__int128)total * weights[i];
+        seats[i] = (long long)(product / whole);
+        remainders[i] = product % whole;
+        if (caps != NULL && seats[i] > caps[i])
+            seats[i] = caps[i];
+        left -= seats[i];
+    }
+    if (left <= 0)
+        return left == 0;
+    for (i = 0; i < count; i++) { /* by remainder, largest first; a stable insertion sort keeps ties in order */
+        for (j = i; j > 0 && remainders[order[j - 1]] < remainders[i]; j--)
+            order[j] = order[j - 1];
+        order[j] = i;
+    }
+    while (left > 0) { /* a capped key passes its unit to the next in line (attribute._hand_out) */
+        long long given = 0;
+        for (i = 0; i < count && left > 0; i++)
+            if (caps == NULL || seats[order[i]] < caps[order[i]])
+                seats[order[i]]++, left--, given++;
+        if (given == 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* Each key's weight and memory, as telemetry._weights finds them; 0 to decline. */
+static int weights_of(PyObject *sharing, PyObject *holders, int count, long long *weights, long long *memory,
+                      int *has_memory)
+{
+    PyObject *slots = PyTuple_GET_ITEM(sharing, 1);
+    long long sm[MAX_KEYS] = {0}, sm_total = 0, reading;
+    Py_ssize_t i;
+    for (i = 0; i < count; i++)
+        memory[i] = 0, has_memory[i] = 0;
+    if (slots == Py_None) { /* idle owners, or nobody: equal shares, no memory reading */
+        for (i = 0; i < count; i++)
+            weights[i] = 1;
+        return 1;
+    }
+    if (!PyTuple_Check(slots) || PyTuple_GET_SIZE(slots) != PyTuple_GET_SIZE(holders))
+        return 0;
+    for (i = 0; i < PyTuple_GET_SIZE(holders); i++) {
+        PyObject *holder = PyTuple_GET_ITEM(holders, i), *sm_util, *mem;
+        long long slot;
+        if (!int_within(PyTuple_GET_ITEM(slots, i), 0, count - 1, &slot) || !PyTuple_Check(holder)
+            || PyTuple_GET_SIZE(holder) != 3)
+            return 0;
+        sm_util = PyTuple_GET_ITEM(holder, 1), mem = PyTuple_GET_ITEM(holder, 2);
+        if (sm_util != Py_None) {
+            if (!int_within(sm_util, 0, MAX_HOLDER_SM, &reading))
+                return 0;
+            sm[slot] += reading, sm_total += reading;
+        }
+        if (mem != Py_None) {
+            if (!int_within(mem, 0, MAX_HOLDER_MEMORY, &reading))
+                return 0;
+            memory[slot] += reading, has_memory[slot] = 1;
+        }
+    }
+    for (i = 0; i < count; i++)
+        weights[i] = sm_total > 0 ? sm[i] : memory[i];
+    return 1;
+}
+
+/* One tenant's sums over its keys at `slots` (attribute.by_tenant), into `one`; 0 to decline. */
+static int tenant_total(PyObject *slots, int count, const long long *gpu_ms, const long long *busy_ms,
+                        const long long *energy, const long long *memory, const int *has_memory, OneTenant *one,
+                        long long *tenant_gpu_ms)
+{
+    Py_ssize_t i;
+    long long slot;
+    if (!PyTuple_Check(slots) || PyTuple_GET_SIZE(slots) < 1)
+        return 0;
+    *tenant_gpu_ms = 0, one->busy_ms = 0, one->energy_mj = 0, one->memory = 0, one->has_memory = 0;
+    for (i = 0; i < PyTuple_GET_SIZE(slots); i++) {
+        if (!int_within(PyTuple_GET_ITEM(slots, i), 0, count - 1, &slot))
+            return 0;
+        *tenant_gpu_ms += gpu_ms[slot], one->busy_ms += busy_ms[slot], one->energy_mj += energy[slot];
+        if (has_memory[slot])
+            one->memory += memory[slot], one->has_memory = 1;
+    }
+    return 1;
+}
+
+static PyObject *tenant_line(const OneTenant *one, long long gpu_ms, PyObject *stamp);
+
+/* The lines of a GPU-window split among several tenants, appended to `lines`: 1, or 0 to
+ * decline (nothing appended), -1 on error. */
+static int several_tenants(PyObject *plan, PyObject *gpu, Py_ssize_t energy_at, Py_ssize_t util_at, long long window_ms,
+                           PyObject *stamp, PyObject *lines)
+{
+    PyObject *sharing = PyTuple_GET_ITEM(plan, 1), *texts = PyTuple_GET_ITEM(plan, 2), *keys, *tenants;
+    long long weights[MAX_KEYS], memory[MAX_KEYS], gpu_ms[MAX_KEYS], busy_ms[MAX_KEYS], energy[MAX_KEYS];
+    long long energy_mj, util, busy = 0, tenant_gpu_ms[MAX_KEYS];
+    int has_memory[MAX_KEYS], has_energy, has_util, count, i, k;
+    OneTenant ones[MAX_KEYS];
+    if (!PyTuple_Check(sharing) || PyTuple_GET_SIZE(sharing) != 5)
+        return 0;
+    keys = PyTuple_GET_ITEM(sharing, 0), tenants = PyTuple_GET_ITEM(sharing, 3);
+    if (!PyTuple_Check(keys) || !PyTuple_Check(tenants) || PyTuple_GET_SIZE(keys) > MAX_KEYS
+        || PyTuple_GET_SIZE(tenants) != PyTuple_GET_SIZE(texts))
+        return 0;
+    count = (int)PyTuple_GET_SIZE(keys);
+    if (!reading_at(PyTuple_GET_ITEM(gpu, 3), energy_at, 0, &energy_mj, &has_energy)
+        || !reading_at(PyTuple_GET_ITEM(gpu, 3), util_at, -MAX_ABS_INT, &util, &has_util)
+        || !weights_of(sharing, PyTuple_GET_ITEM(gpu, 4), count, weights, memory, has_memory)
+        || !hamilton(window_ms, weights, count, NULL, gpu_ms))
+        return 0;
+    if (has_util) {
+        util = util < 0 ? 0 : util > 10000 ? 10000 : util;
+        busy = (2 * window_ms * util + 10000) / 20000;
+    }
+    for (k = 0; k < count; k++)
+        busy_ms[k] = busy == window_ms ? gpu_ms[k] : 0, energy[k] = 0;
+    if (has_util && busy > 0 && busy < window_ms && !hamilton(busy, weights, count, gpu_ms, busy_ms))
+        return 0;
+    if (has_energy && !hamilton(energy_mj, weights, count, NULL, energy))
+        return 0;
+    if (PyTuple_GET_SIZE(tenants) > MAX_KEYS)
+        return 0;
+    for (i = 0; i < PyTuple_GET_SIZE(tenants); i++) { /* all checked and summed before any line is made */
+        PyObject *piece = PyTuple_GET_ITEM(texts, i);
+        if (!PyTuple_Check(piece) || PyTuple_GET_SIZE(piece) != 4
+            || !tenant_total(PyTuple_GET_ITEM(tenants, i), count, gpu_ms, busy_ms, energy, memory, has_memory, &ones[i],
+                             &tenant_gpu_ms[i]))
+            return 0;
+        for (k = 0; k < 4; k++)
+            if ((ones[i].texts[k] = ascii_of(PyTuple_GET_ITEM(piece, k))) == NULL)
+                return 0;
+        ones[i].has_busy = has_util, ones[i].has_energy = has_energy;
+    }
+    for (i = 0; i < PyTuple_GET_SIZE(tenants); i++) {
+        PyObject *line = tenant_line(&ones[i], tenant_gpu_ms[i], stamp);
+        if (line == NULL || PyList_Append(lines, line) < 0) {
+            Py_XDECREF(line);
+            return -1;
+        }
+        Py_DECREF(line);
+    }
+    return 1;
+}
+
+static int extend_with(PyObject *lines, PyObject *more)
+{
+    int failed;
+    if (more == NULL)
+        return -1;
+    failed = PyList_SetSlice(lines, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX, more);
+    Py_DECREF(more);
+    return failed;
+}
+
+/* A GpuPlan and a GpuWindow without MIG, of the shapes the tenant lines read. */
+static int plan_and_gpu_ok(PyObject *plan, PyObject *gpu)
+{
+    return PyTuple_Check(plan) && PyTuple_GET_SIZE(plan) == 3 && PyTuple_Check(PyTuple_GET_ITEM(plan, 1))
+           && PyTuple_Check(PyTuple_GET_ITEM(plan, 2)) && PyTuple_Check(gpu) && PyTuple_GET_SIZE(gpu) == 7
+           && PyTuple_Check(PyTuple_GET_ITEM(gpu, 3)) && PyTuple_Check(PyTuple_GET_ITEM(gpu, 4))
+           && PyTuple_GET_ITEM(gpu, 6) == Py_None;
+}
+
+/* tenant_lines(plans, gpus, window_ms, energy_at, util_at, stamp, split): the `tenant_usage`
+ * lines of a window's GPUs in order; a GPU with one tenant here, any other through split(plan, gpu). */
+static PyObject *tenant_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *plans, *gpus, *stamp, *split, *lines;
+    Py_ssize_t energy_at, util_at, count, i;
+    long long window_ms;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "tenant_lines(plans, gpus, window_ms, energy_at, util_at, stamp, split)");
+        return NULL;
+    }
+    plans = args[0], gpus = args[1], stamp = args[5], split = args[6];
+    window_ms = PyLong_AsLongLong(args[2]);
+    energy_at = PyLong_AsSsize_t(args[3]);
+    util_at = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyList_CheckExact(plans) || !PyTuple_Check(gpus) || PyList_GET_SIZE(plans) != PyTuple_GET_SIZE(gpus)
+        || !PyCallable_Check(split) || window_ms <= 0 || window_ms > MAX_ABS_INT / 20000) {
+        PyErr_SetString(PyExc_TypeError, "tenant_lines: plans a list, gpus a tuple of one length, window_ms > 0, split callable");
+        return NULL;
+    }
+    count = PyList_GET_SIZE(plans);
+    lines = PyList_New(0);
+    if (lines == NULL)
+        return NULL;
+    for (i = 0; i < count; i++) {
+        PyObject *plan = PyList_GET_ITEM(plans, i), *gpu = PyTuple_GET_ITEM(gpus, i), *line;
+        int done = 0;
+        if (ascii_of(stamp) != NULL && plan_and_gpu_ok(plan, gpu)) {
+            OneTenant one;
+            if (PyTuple_GET_SIZE(PyTuple_GET_ITEM(plan, 2)) != 1)
+                done = several_tenants(plan, gpu, energy_at, util_at, window_ms, stamp, lines);
+            else if (one_tenant(plan, gpu, energy_at, util_at, window_ms, &one)) {
+                line = tenant_line(&one, window_ms, stamp);
+                done = line != NULL && PyList_Append(lines, line) == 0 ? 1 : -1;
+                Py_XDECREF(line);
+            }
+        }
+        if (done == 0)
+            done = extend_with(lines, PyObject_CallFunctionObjArgs(split, plan, gpu, NULL)) < 0 ? -1 : 1;
+        if (done < 0) {
+            Py_DECREF(lines);
+            return NULL;
+        }
+    }
+    return lines;
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static PyMethodDef module_methods[] = {
     {"gpu_rows", (PyCFunction)(void (*)(void))gpu_rows, METH_FASTCALL,
      "gpu_rows(rows, field_count, models, keys, GpuWindow, Holder) -> tuple[GpuWindow, ...] | None: "
      "wire._decode_gpu_rows when every row passes; None to leave it to the Python path."},
+    {"tenant_lines", (PyCFunction)(void (*)(void))tenant_lines, METH_FASTCALL,
+     "tenant_lines(plans, gpus, window_ms, energy_at, util_at, stamp, split) -> list[str]: the tenant_usage "
+     "lines of GPUs without MIG, in order; one-tenant GPUs here, the others by split(plan, gpu)."},
     {NULL, NULL, 0, NULL},
 };
 

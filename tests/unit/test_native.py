@@ -216,3 +216,32 @@ def test_line_format_refuses_non_ascii_pieces() -> None:
     with pytest.raises(ValueError):
         _native.LineFormat(("a=", "b="), ("i,",), (0, 1))
     assert lineproto.value_suffix(None) == "i"
+
+
+def test_tenant_lines_leave_what_they_do_not_take_to_the_python_path_in_order() -> None:
+    """A GPU with a text that is not ASCII, with MIG, or with a negative energy (which the Python
+    path rejects) goes to `split`; its lines keep their place among the others."""
+    assert _native is not None
+    sharing = telemetry._make_sharing(("slurm:1",), {"slurm:1": ("lab-a", '"slurm:1":{}')})
+    plain = telemetry.GpuPlan("gpu ", sharing, (("tenant_usage,gpu=0,tenant=", "lab-a ", 'uuid="G",workloads=', '"{}" '),))
+    accented = plain._replace(tenant_lines=(("tenant_usage,gpu=0,tenant=", "läb-a ", 'uuid="G",workloads=', '"{}" '),))
+    holder = (wire.Holder("slurm:1", 5000, 7),)
+    gpus = (
+        wire.GpuWindow(0, "G", "T4", (1_000, 5_000), holder),
+        wire.GpuWindow(1, "G", "T4", (1_000, 5_000), holder),
+        wire.GpuWindow(2, "G", "T4", (-1, 5_000), holder),
+        wire.GpuWindow(3, "G", "T4", (1_000, 5_000), holder, (), (1, 1, 7)),
+    )
+    left: list[int] = []
+
+    def split(plan: telemetry.GpuPlan, gpu: wire.GpuWindow) -> list[str]:
+        left.append(gpu.index)
+        return [f"python {gpu.index}"]
+
+    lines = _native.tenant_lines([plain, accented, plain, plain], gpus, 10_000, 0, 1, "1", split)
+    assert left == [1, 2, 3]
+    assert lines == [
+        'tenant_usage,gpu=0,tenant=lab-a gpu_s=10000e-3,busy_gpu_s=5000e-3,idle_gpu_s=5000e-3,energy_j=1000e-3,'
+        'peak_mem_bytes=7i,uuid="G",workloads="{}" 1',
+        "python 1", "python 2", "python 3",
+    ]

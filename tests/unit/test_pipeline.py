@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from gpufleet.collector.buffer import WriteBuffer
 from gpufleet.collector.pipeline import Pipeline
 from gpufleet.collector.tenants import TenantRules
@@ -119,12 +121,14 @@ def test_a_gpu_window_is_split_among_tenants_to_the_last_millisecond_and_millijo
     ]
 
 
-def test_negative_energy_rejects_the_message():
-    window = wire.TelemetryWindow(
-        "c1", "n1", 1, NOW - 1000, NOW, ("energy_j",), (wire.GpuWindow(0, "GPU-0", "T4", (-5,)),)
-    )
-    lines, rejection = Pipeline().handle("gpufleet/v1/c1/n1/telemetry", wire.encode_telemetry(window), NOW)
+@pytest.mark.parametrize("holders", [(), (wire.Holder("slurm:1", 10, None), wire.Holder("k8s:p", 20, None))], ids=["nobody", "two tenants"])
+def test_negative_energy_rejects_the_message(holders):
+    workloads = {"slurm:1": {"kind": "slurm_job", "job": "1", "account": "acct-a"}, "k8s:p": {"kind": "k8s_pod", "namespace": "team-b", "pod_uid": "p"}}
+    gpus = (wire.GpuWindow(0, "GPU-0", "T4", (7,)), wire.GpuWindow(1, "GPU-1", "T4", (-5,), holders))
+    window = wire.TelemetryWindow("c1", "n1", 1, NOW - 1000, NOW, ("energy_j",), gpus, workloads)
+    lines, rejection = Pipeline(lambda: RULES).handle("gpufleet/v1/c1/n1/telemetry", wire.encode_telemetry(window), NOW)
     assert lines == [] and rejection.reason == "bad_value"
+    assert rejection.detail == "GPU 1 energy_j -5 is negative"
 
 
 def mig_window() -> bytes:
