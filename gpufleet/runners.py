@@ -241,7 +241,7 @@ def run_collector(settings: cfg.CollectorConfig) -> int:
     collector = Collector(settings.broker_address, writer, options, tls=settings.tls, tenant_rules=rules)
     log.info("collector %s: %s -> %s bucket %s", settings.client_id, settings.broker, settings.influx_url, settings.bucket)
     if not NATIVE_CORE:  # the same lines, at about half the GPU-windows a core can take
-        log.warning("gpufleet._native is not built (no C compiler at install): decoding and lines run in Python")
+        log.warning("C fast paths off (gpufleet._native not built, or GPUFLEET_NATIVE=0): decoding and lines run in Python")
     async def run(stop: asyncio.Event) -> None:
         sdnotify.notify("READY=1")  # configured; the log says what it waits for (broker, InfluxDB)
         watchdog = asyncio.create_task(_feed_watchdog(lambda: collector.flush_progress, stop, settings.flush_interval), name="collector.watchdog")

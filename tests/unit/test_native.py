@@ -13,21 +13,30 @@ slow, so its absence must fail here rather than show up as a slow fleet.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import random
+import subprocess
+import sys
+import tempfile
+import zlib
+from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from gpufleet.collector import lineproto, telemetry
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpufleet import wire
+from gpufleet import catalogue, wire
 
 _native = wire._native  # what the collector uses: None if the import failed
 FIELDS = ("power_w", "energy_j", "util_gpu_pct", "temp_gpu_c", "wire_id_999", "clock_sm_mhz")
 KEYS = ["slurm:1", "k8s:p", "unit:x"]
 MODELS = ["NVIDIA H100 80GB HBM3", "Tesla T4"]
 INT64 = (1 << 63) - 1
+NOW = 1_767_225_600_000
 
 
 def test_the_native_core_is_built_and_shares_wire_limits() -> None:
@@ -245,3 +254,110 @@ def test_tenant_lines_leave_what_they_do_not_take_to_the_python_path_in_order() 
         'peak_mem_bytes=7i,uuid="G",workloads="{}" 1',
         "python 1", "python 2", "python 3",
     ]
+
+
+# ------------------------------------------------------------------ the whole pipeline, both ways
+
+REPO = Path(__file__).resolve().parents[2]
+IDENTITIES = {
+    "slurm:1": {"kind": "slurm_job", "job": "1", "account": "acct-a", "user": 'x" y,z=1 \\'},
+    "slurm:2": {"kind": "slurm_job", "job": "2", "account": "acct-u"},
+    "k8s:p": {"kind": "k8s_pod", "namespace": "team-b", "pod_uid": "p", "container": "c"},
+    "k8s:q": {"kind": "k8s_pod", "namespace": "tëam-ç", "pod_uid": "q"},  # JSON escapes it: still ASCII
+    "unit:x": {"kind": "systemd_unit", "unit": "x\\x2dy.service"},
+}
+RULES_TOML = """
+[tenants]
+default = "nobody-matched"
+[[tenants.rule]]
+tenant = "lab-a"
+match = { slurm_account = "acct-a" }
+[[tenants.rule]]
+tenant = "lab-b"
+match = { k8s_namespace = "team-*" }
+[[tenants.rule]]
+tenant = "unallocated"
+match = { slurm_account = "acct-u" }
+"""
+PIPELINE_SCRIPT = """
+import json, sys
+import msgpack
+from gpufleet import catalogue, wire
+from gpufleet.collector.pipeline import Pipeline
+from gpufleet.collector.tenants import TenantRules
+messages, rules, now = msgpack.unpackb(open(sys.argv[1], "rb").read()), TenantRules.from_toml(sys.argv[2]), int(sys.argv[3])
+pipeline = Pipeline(lambda: rules)
+out = []
+for topic, payload in messages:
+    lines, rejection = pipeline.handle(topic, payload, now)
+    out.append([lines, None if rejection is None else [rejection.reason, rejection.detail]])
+json.dump({"native": wire.NATIVE_CORE, "out": out}, sys.stdout)
+"""
+
+
+def random_window(rng: random.Random, seq: int) -> wire.TelemetryWindow:
+    """A node-window with what a fleet sends: absent values, extremes, shared GPUs, idle owners,
+    MIG instances now and then, and a field this collector does not know."""
+    names = [metric.name for metric in catalogue.gpu_window_fields()]
+    fields = tuple(rng.sample(names, rng.randint(0, 12))) + (("wire_id_999",) if rng.random() < 0.2 else ())
+    for wanted in ("energy_j", "util_gpu_pct"):
+        if wanted not in fields and rng.random() < 0.8:
+            fields += (wanted,)
+    keys = list(IDENTITIES)
+
+    def number() -> int | None:
+        return rng.choice([None, 0, 1, 7, 10_000, 123_456, INT64, -INT64, rng.randint(0, 10**9), rng.randint(-10**6, 10**12)])
+
+    def value(name: str) -> int | None:
+        if name == "energy_j":
+            return rng.choice([None, 0, rng.randint(0, 10**7), INT64])
+        if name == "util_gpu_pct":  # 0.05 % of 1 s is half a ms: the rounding of busy time shows
+            return rng.choice([None, 0, 5, 15, 25, 50, 9_950, 10_000, rng.randint(0, 10_000), -3, 20_000])
+        return number()
+
+    def holders() -> tuple[wire.Holder, ...]:
+        return tuple(
+            wire.Holder(rng.choice(keys), rng.choice([None, 0, rng.randint(0, 10_000)]), rng.choice([None, 0, rng.randint(0, 1 << 48)]))
+            for _ in range(rng.choice([0, 1, 1, 2, 3, 5]))
+        )
+
+    gpus = []
+    for index in range(rng.randint(1, 8)):
+        gpus.append(wire.GpuWindow(index, f"GPU-{seq % 7}-{index}", rng.choice(["H100", "A100"]), tuple(value(n) for n in fields),
+                                   holders(), tuple(rng.sample(keys, rng.randint(0, 2)))))
+        if rng.random() < 0.1:  # in MIG mode: instances of 1-3 of its 7 slices
+            for instance in range(rng.randint(1, 2)):
+                gpus.append(wire.GpuWindow(index, f"MIG-{index}-{instance}", "A100 MIG", tuple(value(n) for n in fields),
+                                           holders(), (), (instance, rng.randint(1, 3), 7)))
+    t1 = NOW - rng.randint(0, 10**6)
+    window_ms = rng.choice([1000, 10_000, 3, rng.randint(1, 20_000)])
+    return wire.TelemetryWindow("c1", f"n{seq % 5}", seq, t1 - window_ms, t1, fields, tuple(gpus), dict(IDENTITIES))
+
+
+def run_pipeline(messages: list[tuple[str, bytes]], native: bool) -> dict:
+    path = Path(tempfile.mkdtemp()) / "messages.msgpack"
+    path.write_bytes(msgpack.packb(messages))
+    env = {**os.environ, "GPUFLEET_NATIVE": "1" if native else "0"}
+    done = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(path), RULES_TOML, str(NOW)],
+                          env=env, capture_output=True, check=True, timeout=300)
+    return json.loads(done.stdout)
+
+
+def test_the_pipeline_writes_and_rejects_the_same_with_and_without_the_c_paths() -> None:
+    """GPUFLEET_NATIVE=0 (or a collector installed without a compiler) must write every line and
+    name every rejection exactly as the C paths do, on valid and broken messages alike."""
+    rng = random.Random(8)
+    messages = []
+    for seq in range(400):
+        payload = wire.encode_telemetry(random_window(rng, seq))
+        if rng.random() < 0.3:  # a bit flipped inside the compressed stream: malformed, or another message
+            plain = bytearray(zlib.decompress(payload))
+            plain[rng.randrange(len(plain))] ^= 1 << rng.randrange(8)
+            payload = zlib.compress(bytes(plain))
+        messages.append([wire.telemetry_topic("c1", f"n{seq % 5}"), payload])
+    with_c, without_c = run_pipeline(messages, native=True), run_pipeline(messages, native=False)
+    assert (with_c["native"], without_c["native"]) == (True, False)
+    accepted = sum(1 for _, rejection in with_c["out"] if rejection is None)
+    assert 150 < accepted < 390, accepted  # both kinds well represented
+    for message, ours, theirs in zip(messages, with_c["out"], without_c["out"]):
+        assert ours == theirs, message
