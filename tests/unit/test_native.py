@@ -30,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpufleet import catalogue, wire
+from tests.unit.test_telemetry import RULES_TOML
 
 _native = wire._native  # what the collector uses: None if the import failed
 FIELDS = ("power_w", "energy_j", "util_gpu_pct", "temp_gpu_c", "wire_id_999", "clock_sm_mhz")
@@ -250,8 +251,10 @@ def test_tenant_lines_leave_what_they_do_not_take_to_the_python_path_in_order() 
     lines = _native.tenant_lines([plain, accented, plain, plain], gpus, 10_000, 0, 1, "1", split)
     assert left == [1, 2, 3]
     assert lines == [
-        'tenant_usage,gpu=0,tenant=lab-a gpu_s=10000e-3,busy_gpu_s=5000e-3,idle_gpu_s=5000e-3,energy_j=1000e-3,'
-        'peak_mem_bytes=7i,uuid="G",workloads="{}" 1',
+        (
+            "tenant_usage,gpu=0,tenant=lab-a gpu_s=10000e-3,busy_gpu_s=5000e-3,idle_gpu_s=5000e-3,energy_j=1000e-3,"
+            'peak_mem_bytes=7i,uuid="G",workloads="{}" 1'
+        ),
         "python 1", "python 2", "python 3",
     ]
 
@@ -266,19 +269,6 @@ IDENTITIES = {
     "k8s:q": {"kind": "k8s_pod", "namespace": "tëam-ç", "pod_uid": "q"},  # JSON escapes it: still ASCII
     "unit:x": {"kind": "systemd_unit", "unit": "x\\x2dy.service"},
 }
-RULES_TOML = """
-[tenants]
-default = "nobody-matched"
-[[tenants.rule]]
-tenant = "lab-a"
-match = { slurm_account = "acct-a" }
-[[tenants.rule]]
-tenant = "lab-b"
-match = { k8s_namespace = "team-*" }
-[[tenants.rule]]
-tenant = "unallocated"
-match = { slurm_account = "acct-u" }
-"""
 PIPELINE_SCRIPT = """
 import json, sys
 import msgpack

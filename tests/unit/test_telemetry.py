@@ -5,18 +5,17 @@ cold and with its plans warm."""
 import dataclasses
 from fractions import Fraction
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from gpufleet import wire
 from gpufleet.collector import lineproto, telemetry
 from gpufleet.collector.attribute import UNALLOCATED, attribute, by_tenant
 from gpufleet.collector.pipeline import Pipeline
 from gpufleet.collector.tenants import TenantRules
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpufleet import wire
 
 NOW = 1_767_225_600_000
-RULES = TenantRules.from_toml(
-    """
+RULES_TOML = """
 [tenants]
 default = "nobody-matched"
 [[tenants.rule]]
@@ -29,7 +28,7 @@ match = { k8s_namespace = "team-b" }
 tenant = "unallocated"
 match = { slurm_account = "acct-u" }
 """
-)
+RULES = TenantRules.from_toml(RULES_TOML)
 FIELDS = ("power_w", "energy_j", "util_gpu_pct", "temp_gpu_c", "wire_id_999")
 IDENTITIES = {
     "slurm:1": {"kind": "slurm_job", "job": "1", "account": "acct-a"},
@@ -144,8 +143,8 @@ def test_a_node_whose_jobs_come_and_go_starts_over_alone_and_keeps_writing_the_s
     steady_gpu = wire.GpuWindow(0, "GPU-s", "H100", (1000, 5000, 5000, 50, None), (wire.Holder("slurm:1", 100, None),))
     steady = wire.TelemetryWindow("c1", "steady", 1, NOW - 10_000, NOW, FIELDS, (steady_gpu,), {"slurm:1": IDENTITIES["slurm:1"]})
     pipeline.handle(wire.telemetry_topic("c1", "steady"), wire.encode_telemetry(steady), NOW)
-    kept = pipeline._telemetry  # noqa: SLF001 - what is kept is the point of this test
-    steady_plans = kept._nodes[("c1", "steady")]  # noqa: SLF001
+    kept = pipeline._telemetry
+    steady_plans = kept._nodes[("c1", "steady")]
     for job in range(10 * telemetry.KEPT_PER_GPU):  # a new job on the churning node's GPU every window
         key = f"slurm:{100 + job}"
         gpu = steady_gpu._replace(uuid="GPU-c", holders=(wire.Holder(key, 100, None),))
@@ -154,7 +153,7 @@ def test_a_node_whose_jobs_come_and_go_starts_over_alone_and_keeps_writing_the_s
         )
         lines, rejection = pipeline.handle(wire.telemetry_topic("c1", "churn"), wire.encode_telemetry(window), NOW)
         assert rejection is None and lines == reference_lines(window)
-        churn = kept._nodes[("c1", "churn")]  # noqa: SLF001
+        churn = kept._nodes[("c1", "churn")]
         assert len(churn.plans) <= telemetry.KEPT_PER_GPU + 1 and len(churn.identities) <= telemetry.KEPT_PER_GPU + 1
-    assert kept._nodes[("c1", "steady")] is steady_plans  # noqa: SLF001 - the other node kept its plans
-    assert kept._kept == sum(node.kept() for node in kept._nodes.values())  # noqa: SLF001 - the count stays true
+    assert kept._nodes[("c1", "steady")] is steady_plans
+    assert kept._kept == sum(node.kept() for node in kept._nodes.values())
