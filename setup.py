@@ -1,6 +1,7 @@
 """The C part of gpufleet; everything else is declared in pyproject.toml.
 
-gpufleet._native holds fast paths of two collector loops (see gpufleet/native.c). It is optional:
+gpufleet._native holds C fast paths of the collector's hottest loops: GPU rows decoded and
+checked, `gpu` lines written, GPU-windows split among tenants (see gpufleet/native.c). Optional:
 where it cannot be built (no C compiler or no Python headers) the install still succeeds and the
 collector runs the same Python code, about twice as slowly; `gpufleet collector` logs which.
 """

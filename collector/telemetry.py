@@ -12,7 +12,9 @@ workloads and shared by the plans of all GPUs that set holds.
 The lines are those of lineproto.gpu_lines and lineproto.tenant_usage_line fed with
 attribute.attribute() and attribute.by_tenant(), byte for byte (tests/unit/test_telemetry.py
 checks it on random windows): those stay the readable definition, this is the fast path.
-MIG instances take that definition's path (collector/pipeline.py), being few.
+MIG instances take that definition's path (collector/pipeline.py), being few. Where
+gpufleet._native is built, the per-window part (the `gpu` lines' numbers, the tenant split and its
+lines) runs in C (gpufleet/native.c), which hands back to the Python here what it does not take.
 """
 
 from __future__ import annotations
