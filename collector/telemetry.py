@@ -176,6 +176,15 @@ class TelemetryLines:
             node = self._nodes[(window.cluster, window.node)] = _NodePlans()
             self._kept += 1
         self._kept += node.number(window.workloads)
+        if _native is not None:  # the same keys and lookups in C; the plans still to make here
+            plans, missing = _native.find_plans(window.gpus, node.numbers, node.plans)
+            for at, key in missing:
+                found = node.plans.get(key)  # (a GPU listed twice finds the plan its first row made)
+                if found is None:
+                    found = node.plans[key] = self._new_plan(window, window.gpus[at], party)
+                    self._kept += 1
+                plans[at] = found
+            return plans
         number_of = node.numbers.__getitem__
         plans = []
         for gpu in window.gpus:

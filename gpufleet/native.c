@@ -15,6 +15,9 @@
  *       and energy split among its workloads (attribute.hamilton, exact), summed per tenant, a
  *       `tenant_usage` line each. A GPU it does not take (MIG, a text not ASCII, a negative
  *       energy, more than MAX_KEYS workloads) goes to split(plan, gpu), the Python path.
+ *   find_plans(gpus, numbers, plans)
+ *       TelemetryLines.plans' lookup: each GPU's key (index, UUID, model, its holders' or idle
+ *       owners' identity numbers) and the plan kept under it; the plans still to make, Python makes.
  *
  * Why C: in Python these were ~15 of the collector's ~25 µs per GPU-window with 1-3 workloads a
  * GPU (bench/stages.py), spent on a type check, a range check or an int-to-text per value, 41
@@ -157,8 +160,8 @@ static int row_ok(PyObject *row, Py_ssize_t field_count, Py_ssize_t model_count,
 
 /* ------------------------------------------------------------------------------ building */
 
-/* A NamedTuple of `type` holding `count` new references (stolen, even on failure): what
- * tuple.__new__(type, items) makes, without the items' own tuple in between. */
+/* A tuple, or a NamedTuple of `type`, holding `count` new references (stolen, even on failure):
+ * what tuple.__new__(type, items) makes, without the items' own tuple in between. */
 static PyObject *named_tuple(PyTypeObject *type, Py_ssize_t count, PyObject **items)
 {
     Py_ssize_t i;
@@ -166,7 +169,7 @@ static PyObject *named_tuple(PyTypeObject *type, Py_ssize_t count, PyObject **it
     for (i = 0; i < count; i++)
         if (items[i] == NULL)
             goto drop;
-    made = type->tp_alloc(type, count);
+    made = type == &PyTuple_Type ? PyTuple_New(count) : type->tp_alloc(type, count);
     if (made == NULL)
         goto drop;
     for (i = 0; i < count; i++)
@@ -883,12 +886,111 @@ static PyObject *tenant_lines(PyObject *module, PyObject *const *args, Py_ssize_
     return lines;
 }
 
+/* ---------------------------------------------------------------------------- plans */
+
+/* numbers[key] for each key of `keys` (workload keys), as a tuple; KeyError as in Python. */
+static PyObject *numbers_of(PyObject *keys, Py_ssize_t count, int holders, PyObject *numbers)
+{
+    PyObject *made = PyTuple_New(count);
+    Py_ssize_t i;
+    if (made == NULL)
+        return NULL;
+    for (i = 0; i < count; i++) {
+        PyObject *key = PyTuple_GET_ITEM(keys, i), *number;
+        if (holders) { /* a Holder: its workload */
+            if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) < 1) {
+                PyErr_SetString(PyExc_TypeError, "find_plans: a holder is a tuple");
+                Py_DECREF(made);
+                return NULL;
+            }
+            key = PyTuple_GET_ITEM(key, 0);
+        }
+        number = PyDict_GetItemWithError(numbers, key);
+        if (number == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, key);
+            Py_DECREF(made);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(made, i, new_ref(number));
+    }
+    return made;
+}
+
+/* TelemetryLines.plans' key of a GPU: (index, uuid, model, holders' numbers, idle owners' numbers). */
+static PyObject *plan_key(PyObject *gpu, PyObject *numbers)
+{
+    PyObject *holders, *owners, *items[5];
+    if (!PyTuple_Check(gpu) || PyTuple_GET_SIZE(gpu) != 7 || !PyTuple_Check(PyTuple_GET_ITEM(gpu, 4))
+        || !PyTuple_Check(PyTuple_GET_ITEM(gpu, 5))) {
+        PyErr_SetString(PyExc_TypeError, "find_plans: gpus are GpuWindows");
+        return NULL;
+    }
+    holders = PyTuple_GET_ITEM(gpu, 4), owners = PyTuple_GET_ITEM(gpu, 5);
+    items[0] = new_ref(PyTuple_GET_ITEM(gpu, 0));
+    items[1] = new_ref(PyTuple_GET_ITEM(gpu, 1));
+    items[2] = new_ref(PyTuple_GET_ITEM(gpu, 2));
+    items[3] = numbers_of(holders, PyTuple_GET_SIZE(holders), 1, numbers);
+    /* the owners share the window only when nothing ran */
+    items[4] = PyTuple_GET_SIZE(holders) ? PyTuple_New(0) : numbers_of(owners, PyTuple_GET_SIZE(owners), 0, numbers);
+    return named_tuple(&PyTuple_Type, 5, items);
+}
+
+/* find_plans(gpus, numbers, plans) -> (found, missing): the plan kept under each GPU's key or
+ * None, and (position, key) of each GPU that has none. */
+static PyObject *find_plans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *gpus, *numbers, *plans, *found, *missing;
+    Py_ssize_t count, i;
+    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "find_plans(gpus: tuple, numbers: dict, plans: dict)");
+        return NULL;
+    }
+    gpus = args[0], numbers = args[1], plans = args[2];
+    count = PyTuple_GET_SIZE(gpus);
+    found = PyList_New(count);
+    missing = PyList_New(0);
+    if (found == NULL || missing == NULL)
+        goto fail;
+    for (i = 0; i < count; i++) {
+        PyObject *key = plan_key(PyTuple_GET_ITEM(gpus, i), numbers), *plan;
+        if (key == NULL)
+            goto fail;
+        plan = PyDict_GetItemWithError(plans, key);
+        if (plan == NULL) {
+            PyObject *entry;
+            if (PyErr_Occurred()) {
+                Py_DECREF(key);
+                goto fail;
+            }
+            entry = Py_BuildValue("(nN)", i, key); /* steals key */
+            if (entry == NULL || PyList_Append(missing, entry) < 0) {
+                Py_XDECREF(entry);
+                goto fail;
+            }
+            Py_DECREF(entry);
+            plan = Py_None;
+        }
+        else
+            Py_DECREF(key);
+        PyList_SET_ITEM(found, i, new_ref(plan));
+    }
+    return Py_BuildValue("(NN)", found, missing);
+fail:
+    Py_XDECREF(found);
+    Py_XDECREF(missing);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------------ module */
 
 static PyMethodDef module_methods[] = {
     {"gpu_rows", (PyCFunction)(void (*)(void))gpu_rows, METH_FASTCALL,
      "gpu_rows(rows, field_count, models, keys, GpuWindow, Holder) -> tuple[GpuWindow, ...] | None: "
      "wire._decode_gpu_rows when every row passes; None to leave it to the Python path."},
+    {"find_plans", (PyCFunction)(void (*)(void))find_plans, METH_FASTCALL,
+     "find_plans(gpus, numbers, plans) -> (found, missing): TelemetryLines.plans' lookup of each GPU's plan "
+     "by (index, uuid, model, holders' numbers, idle owners' numbers); None and (position, key) where none is kept."},
     {"tenant_lines", (PyCFunction)(void (*)(void))tenant_lines, METH_FASTCALL,
      "tenant_lines(plans, gpus, window_ms, energy_at, util_at, stamp, split) -> list[str]: the tenant_usage "
      "lines of GPUs without MIG, in order; one-tenant GPUs here, the others by split(plan, gpu)."},
