@@ -15,6 +15,9 @@
  *       and energy split among its workloads (attribute.hamilton, exact), summed per tenant, a
  *       `tenant_usage` line each. A GPU it does not take (MIG, a text not ASCII, a negative
  *       energy, more than MAX_KEYS workloads) goes to split(plan, gpu), the Python path.
+ *   known_workloads(raw, valid)
+ *       wire._decode_workload_list for a message whose every identity equals the one last found
+ *       valid for its key (the same jobs come back every window); None for anything else.
  *   find_plans(gpus, numbers, plans)
  *       TelemetryLines.plans' lookup: each GPU's key (index, UUID, model, its holders' or idle
  *       owners' identity numbers) and the plan kept under it; the plans still to make, Python makes.
@@ -290,6 +293,71 @@ static PyObject *gpu_rows(PyObject *module, PyObject *const *args, Py_ssize_t na
         PyTuple_SET_ITEM(gpus, i, gpu);
     }
     return gpus;
+}
+
+/* ------------------------------------------------------------------------- workloads */
+
+#define MAX_WORKLOADS 1024
+
+static int identity_value_ok(PyObject *value)
+{
+    return value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value);
+}
+
+/* An identity wire._decode_identity takes without checking it again: a dict of str, int or None
+ * values, equal to the one last found valid for its key. */
+static int known_identity(PyObject *key, PyObject *identity, PyObject *valid)
+{
+    PyObject *name, *value, *last;
+    Py_ssize_t at = 0;
+    if (!PyUnicode_CheckExact(key) || !PyDict_CheckExact(identity))
+        return 0;
+    while (PyDict_Next(identity, &at, &name, &value))
+        if (!identity_value_ok(value))
+            return 0;
+    last = PyDict_GetItemWithError(valid, key);
+    if (last == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    return PyObject_RichCompareBool(last, identity, Py_EQ) == 1 ? 1 : (PyErr_Clear(), 0);
+}
+
+/* known_workloads(raw, valid) -> (keys, workloads) | None: wire._decode_workload_list when every
+ * identity is one already found valid (the same jobs come back every window); None otherwise. */
+static PyObject *known_workloads(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *raw, *valid, *workloads;
+    Py_ssize_t count, i;
+    if (nargs != 2 || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "known_workloads(raw, valid: dict)");
+        return NULL;
+    }
+    raw = args[0], valid = args[1];
+    if (!PyList_CheckExact(raw) || PyList_GET_SIZE(raw) > MAX_WORKLOADS)
+        Py_RETURN_NONE;
+    count = PyList_GET_SIZE(raw);
+    workloads = PyDict_New();
+    if (workloads == NULL)
+        return NULL;
+    for (i = 0; i < count; i++) {
+        PyObject *entry = PyList_GET_ITEM(raw, i), *key, *identity;
+        if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 2)
+            goto decline;
+        key = PyList_GET_ITEM(entry, 0), identity = PyList_GET_ITEM(entry, 1);
+        if (!known_identity(key, identity, valid))
+            goto decline;
+        if (PyDict_SetItem(workloads, key, identity) < 0) {
+            Py_DECREF(workloads);
+            return NULL;
+        }
+    }
+    if (PyDict_GET_SIZE(workloads) != count) /* a key twice: the Python path names it */
+        goto decline;
+    return Py_BuildValue("(NN)", PyDict_Keys(workloads), workloads);
+decline:
+    Py_DECREF(workloads);
+    Py_RETURN_NONE;
 }
 
 /* ---------------------------------------------------------------------------- LineFormat */
@@ -988,6 +1056,9 @@ static PyMethodDef module_methods[] = {
     {"gpu_rows", (PyCFunction)(void (*)(void))gpu_rows, METH_FASTCALL,
      "gpu_rows(rows, field_count, models, keys, GpuWindow, Holder) -> tuple[GpuWindow, ...] | None: "
      "wire._decode_gpu_rows when every row passes; None to leave it to the Python path."},
+    {"known_workloads", (PyCFunction)(void (*)(void))known_workloads, METH_FASTCALL,
+     "known_workloads(raw, valid) -> (keys, workloads) | None: wire._decode_workload_list when every "
+     "identity equals the one last found valid for its key; None to leave it to the Python path."},
     {"find_plans", (PyCFunction)(void (*)(void))find_plans, METH_FASTCALL,
      "find_plans(gpus, numbers, plans) -> (found, missing): TelemetryLines.plans' lookup of each GPU's plan "
      "by (index, uuid, model, holders' numbers, idle owners' numbers); None and (position, key) where none is kept."},
@@ -1024,6 +1095,7 @@ PyMODINIT_FUNC PyInit__native(void)
     if (PyModule_AddObjectRef(module, "LineFormat", (PyObject *)&LineFormatType) < 0
         || PyModule_AddIntConstant(module, "MAX_GPUS", MAX_GPUS) < 0
         || PyModule_AddIntConstant(module, "MAX_HOLDERS", MAX_HOLDERS) < 0
+        || PyModule_AddIntConstant(module, "MAX_WORKLOADS", MAX_WORKLOADS) < 0
         || PyModule_AddIntConstant(module, "MAX_HOLDER_SM", MAX_HOLDER_SM) < 0
         || add_int64(module, "MAX_HOLDER_MEMORY", MAX_HOLDER_MEMORY) < 0
         || add_int64(module, "MAX_ABS_INT", MAX_ABS_INT) < 0) {

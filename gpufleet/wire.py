@@ -597,7 +597,12 @@ def _decode_models(raw: Any) -> list[str]:
 
 
 def _decode_workload_list(raw: Any) -> tuple[list[str], dict[str, dict[str, str | int]]]:
-    """'workloads' as [[key, identity], ...]: the keys by position, and the identities by key."""
+    """'workloads' as [[key, identity], ...]: the keys by position, and the identities by key.
+    In C when every identity is one already found valid (the usual message)."""
+    if _native is not None:
+        known = _native.known_workloads(raw, _VALID_IDENTITIES)
+        if known is not None:
+            return known
     if not isinstance(raw, list) or len(raw) > MAX_WORKLOADS:
         raise Rejected("limits", f"'workloads' must be a list of at most {MAX_WORKLOADS} entries")
     workloads: dict[str, dict[str, str | int]] = {}

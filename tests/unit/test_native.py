@@ -45,6 +45,30 @@ def test_the_native_core_is_built_and_shares_wire_limits() -> None:
     assert (_native.MAX_GPUS, _native.MAX_HOLDERS, _native.MAX_ABS_INT) == (wire.MAX_GPUS, wire.MAX_HOLDERS, wire.MAX_ABS_INT)
     assert _native.MAX_HOLDER_MEMORY == wire.MAX_HOLDER_MEMORY
     assert _native.MAX_HOLDER_SM == 10_000
+    assert _native.MAX_WORKLOADS == wire.MAX_WORKLOADS
+
+
+def test_known_workloads_are_taken_only_when_each_equals_the_last_valid_identity() -> None:
+    assert _native is not None
+    job = {"kind": "slurm_job", "job": "1", "pid": 7, "gone": None}
+    valid = {"slurm:1": dict(job), "k8s:p": {"kind": "k8s_pod"}}
+    keys, workloads = _native.known_workloads([["slurm:1", job], ["k8s:p", {"kind": "k8s_pod"}]], valid)
+    assert keys == ["slurm:1", "k8s:p"] and workloads == {"slurm:1": job, "k8s:p": {"kind": "k8s_pod"}}
+    assert workloads["slurm:1"] is job  # what the Python path hands on, too
+    assert _native.known_workloads([], valid) == ([], {})
+    declined = {
+        "a new job": [["slurm:2", job]],
+        "a changed identity": [["slurm:1", {**job, "pid": 8}]],
+        "1.0 where 1 was": [["k8s:p", {"kind": "k8s_pod"}], ["slurm:1", {**job, "pid": 7.0}]],
+        "True where 1 was": [["slurm:1", {**job, "pid": True}]],
+        "a key twice": [["slurm:1", job], ["slurm:1", job]],
+        "an entry of three": [["slurm:1", job, 1]],
+        "a tuple entry": [("slurm:1", job)],
+        "not a list": {"slurm:1": job},
+        "too many": [["slurm:1", job]] * (wire.MAX_WORKLOADS + 1),
+    }
+    for what, raw in declined.items():
+        assert _native.known_workloads(raw, valid) is None, what
 
 
 value = st.none() | st.integers(-INT64, INT64) | st.sampled_from([0, 1, -1, INT64, -INT64, 10**6])
