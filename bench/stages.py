@@ -15,9 +15,10 @@ Stages are measured by taking work away, so that they add up to what the collect
   attribution      Pipeline.handle with line formatting stubbed out, minus decode_telemetry
                    (per-GPU plans, tenant split, tenant rules, the pipeline's glue)
   line protocol    Pipeline.handle minus the same with line formatting stubbed out
-With gpufleet._native built (gpufleet/native.c), validation, the `gpu` lines and the tenant
-split with its `tenant_usage` lines run in C; the tenant lines are made in the same pass as the
-split, so their text counts under attribution and "line protocol" is the `gpu` lines only.
+With gpufleet._native built (gpufleet/native.c), most of validation (GPU rows, known
+identities), the plan lookup, the `gpu` lines and the tenant split with its `tenant_usage` lines
+run in C; the tenant lines are made in the same pass as the split, so their text counts under
+attribution and "line protocol" is the `gpu` lines only. GPUFLEET_NATIVE=0 measures the Python.
   hand-off         WriteBuffer.extend of the lines, what the receive loop does with them
 Prints figures, asserts nothing.
 """
