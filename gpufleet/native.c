@@ -643,35 +643,40 @@ static int reading_at(PyObject *values, Py_ssize_t at, long long lo, long long *
     return int_within(value, lo, MAX_ABS_INT, out);
 }
 
-/* The GPU-window of a plan with one tenant line, or 0: several tenants, a reading C does not
- * take (negative energy, which the Python path rejects), a text that is not ASCII. */
-static int one_tenant(PyObject *plan, PyObject *gpu, Py_ssize_t energy_at, Py_ssize_t util_at, long long window_ms,
-                      OneTenant *out)
+/* What a GPU-window's tenant lines read from its values: energy, and busy time from utilisation. */
+typedef struct {
+    long long energy_mj, busy_ms;
+    int has_energy, has_busy;
+} Readings;
+
+/* 0 to decline: a reading C does not take (a negative energy, which the Python path rejects). */
+static int readings_of(PyObject *values, Py_ssize_t energy_at, Py_ssize_t util_at, long long window_ms, Readings *out)
 {
-    PyObject *lines, *texts, *sharing, *values, *holders;
     long long util;
-    int has_util, i;
-    if (!PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) != 3 || !PyTuple_Check(gpu) || PyTuple_GET_SIZE(gpu) != 7)
+    if (!reading_at(values, energy_at, 0, &out->energy_mj, &out->has_energy)
+        || !reading_at(values, util_at, -MAX_ABS_INT, &util, &out->has_busy))
         return 0;
-    sharing = PyTuple_GET_ITEM(plan, 1), lines = PyTuple_GET_ITEM(plan, 2);
-    values = PyTuple_GET_ITEM(gpu, 3), holders = PyTuple_GET_ITEM(gpu, 4);
-    if (PyTuple_GET_ITEM(gpu, 6) != Py_None || !PyTuple_Check(lines) || PyTuple_GET_SIZE(lines) != 1
-        || !PyTuple_Check(sharing) || PyTuple_GET_SIZE(sharing) < 2 || !PyTuple_Check(values) || !PyTuple_Check(holders))
-        return 0;
-    texts = PyTuple_GET_ITEM(lines, 0);
+    if (out->has_busy) { /* telemetry._busy_ms: window x util, half up, util clamped to 0..100 % */
+        util = util < 0 ? 0 : util > 10000 ? 10000 : util;
+        out->busy_ms = (2 * window_ms * util + 10000) / 20000;
+    }
+    return 1;
+}
+
+/* The GPU-window of a plan with one tenant line (plan_and_gpu_ok), or 0: a text not ASCII. */
+static int one_tenant(PyObject *plan, PyObject *gpu, const Readings *readings, OneTenant *out)
+{
+    PyObject *texts = PyTuple_GET_ITEM(PyTuple_GET_ITEM(plan, 2), 0);
+    int i;
     if (!PyTuple_Check(texts) || PyTuple_GET_SIZE(texts) != 4)
         return 0;
     for (i = 0; i < 4; i++)
         if ((out->texts[i] = ascii_of(PyTuple_GET_ITEM(texts, i))) == NULL)
             return 0;
-    if (!reading_at(values, energy_at, 0, &out->energy_mj, &out->has_energy)
-        || !reading_at(values, util_at, -MAX_ABS_INT, &util, &has_util) || !memory_of(sharing, holders, out))
+    if (!memory_of(PyTuple_GET_ITEM(plan, 1), PyTuple_GET_ITEM(gpu, 4), out))
         return 0;
-    out->has_busy = has_util;
-    if (has_util) { /* telemetry._busy_ms: window x util, half up, util clamped to 0..100 % */
-        util = util < 0 ? 0 : util > 10000 ? 10000 : util;
-        out->busy_ms = (2 * window_ms * util + 10000) / 20000;
-    }
+    out->energy_mj = readings->energy_mj, out->has_energy = readings->has_energy;
+    out->busy_ms = readings->busy_ms, out->has_busy = readings->has_busy;
     return 1;
 }
 
@@ -832,35 +837,27 @@ static PyObject *tenant_line(const OneTenant *one, long long gpu_ms, PyObject *s
 
 /* The lines of a GPU-window split among several tenants, appended to `lines`: 1, or 0 to
  * decline (nothing appended), -1 on error. */
-static int several_tenants(PyObject *plan, PyObject *gpu, Py_ssize_t energy_at, Py_ssize_t util_at, long long window_ms,
-                           PyObject *stamp, PyObject *lines)
+static int several_tenants(PyObject *plan, PyObject *gpu, const Readings *readings, long long window_ms, PyObject *stamp,
+                           PyObject *lines)
 {
     PyObject *sharing = PyTuple_GET_ITEM(plan, 1), *texts = PyTuple_GET_ITEM(plan, 2), *keys, *tenants;
     long long weights[MAX_KEYS], memory[MAX_KEYS], gpu_ms[MAX_KEYS], busy_ms[MAX_KEYS], energy[MAX_KEYS];
-    long long energy_mj, util, busy = 0, tenant_gpu_ms[MAX_KEYS];
-    int has_memory[MAX_KEYS], has_energy, has_util, count, i, k;
+    long long busy = readings->has_busy ? readings->busy_ms : 0, tenant_gpu_ms[MAX_KEYS];
+    int has_memory[MAX_KEYS], count, i, k;
     OneTenant ones[MAX_KEYS];
-    if (!PyTuple_Check(sharing) || PyTuple_GET_SIZE(sharing) != 5)
-        return 0;
     keys = PyTuple_GET_ITEM(sharing, 0), tenants = PyTuple_GET_ITEM(sharing, 3);
     if (!PyTuple_Check(keys) || !PyTuple_Check(tenants) || PyTuple_GET_SIZE(keys) > MAX_KEYS
         || PyTuple_GET_SIZE(tenants) != PyTuple_GET_SIZE(texts))
         return 0;
     count = (int)PyTuple_GET_SIZE(keys);
-    if (!reading_at(PyTuple_GET_ITEM(gpu, 3), energy_at, 0, &energy_mj, &has_energy)
-        || !reading_at(PyTuple_GET_ITEM(gpu, 3), util_at, -MAX_ABS_INT, &util, &has_util)
-        || !weights_of(sharing, PyTuple_GET_ITEM(gpu, 4), count, weights, memory, has_memory)
+    if (!weights_of(sharing, PyTuple_GET_ITEM(gpu, 4), count, weights, memory, has_memory)
         || !hamilton(window_ms, weights, count, NULL, gpu_ms))
         return 0;
-    if (has_util) {
-        util = util < 0 ? 0 : util > 10000 ? 10000 : util;
-        busy = (2 * window_ms * util + 10000) / 20000;
-    }
     for (k = 0; k < count; k++)
         busy_ms[k] = busy == window_ms ? gpu_ms[k] : 0, energy[k] = 0;
-    if (has_util && busy > 0 && busy < window_ms && !hamilton(busy, weights, count, gpu_ms, busy_ms))
+    if (readings->has_busy && busy > 0 && busy < window_ms && !hamilton(busy, weights, count, gpu_ms, busy_ms))
         return 0;
-    if (has_energy && !hamilton(energy_mj, weights, count, NULL, energy))
+    if (readings->has_energy && !hamilton(readings->energy_mj, weights, count, NULL, energy))
         return 0;
     if (PyTuple_GET_SIZE(tenants) > MAX_KEYS)
         return 0;
@@ -873,7 +870,7 @@ static int several_tenants(PyObject *plan, PyObject *gpu, Py_ssize_t energy_at, 
         for (k = 0; k < 4; k++)
             if ((ones[i].texts[k] = ascii_of(PyTuple_GET_ITEM(piece, k))) == NULL)
                 return 0;
-        ones[i].has_busy = has_util, ones[i].has_energy = has_energy;
+        ones[i].has_busy = readings->has_busy, ones[i].has_energy = readings->has_energy;
     }
     for (i = 0; i < PyTuple_GET_SIZE(tenants); i++) {
         PyObject *line = tenant_line(&ones[i], tenant_gpu_ms[i], stamp);
@@ -896,11 +893,13 @@ static int extend_with(PyObject *lines, PyObject *more)
     return failed;
 }
 
-/* A GpuPlan and a GpuWindow without MIG, of the shapes the tenant lines read. */
+/* A GpuPlan (its Sharing of five fields, its tenant lines) and a GpuWindow without MIG, of the
+ * shapes the tenant lines read. */
 static int plan_and_gpu_ok(PyObject *plan, PyObject *gpu)
 {
     return PyTuple_Check(plan) && PyTuple_GET_SIZE(plan) == 3 && PyTuple_Check(PyTuple_GET_ITEM(plan, 1))
-           && PyTuple_Check(PyTuple_GET_ITEM(plan, 2)) && PyTuple_Check(gpu) && PyTuple_GET_SIZE(gpu) == 7
+           && PyTuple_GET_SIZE(PyTuple_GET_ITEM(plan, 1)) == 5 && PyTuple_Check(PyTuple_GET_ITEM(plan, 2))
+           && PyTuple_GET_SIZE(PyTuple_GET_ITEM(plan, 2)) >= 1 && PyTuple_Check(gpu) && PyTuple_GET_SIZE(gpu) == 7
            && PyTuple_Check(PyTuple_GET_ITEM(gpu, 3)) && PyTuple_Check(PyTuple_GET_ITEM(gpu, 4))
            && PyTuple_GET_ITEM(gpu, 6) == Py_None;
 }
@@ -912,6 +911,7 @@ static PyObject *tenant_lines(PyObject *module, PyObject *const *args, Py_ssize_
     PyObject *plans, *gpus, *stamp, *split, *lines;
     Py_ssize_t energy_at, util_at, count, i;
     long long window_ms;
+    int stamp_ok;
     if (nargs != 7) {
         PyErr_SetString(PyExc_TypeError, "tenant_lines(plans, gpus, window_ms, energy_at, util_at, stamp, split)");
         return NULL;
@@ -928,17 +928,20 @@ static PyObject *tenant_lines(PyObject *module, PyObject *const *args, Py_ssize_
         return NULL;
     }
     count = PyList_GET_SIZE(plans);
+    stamp_ok = ascii_of(stamp) != NULL;
     lines = PyList_New(0);
     if (lines == NULL)
         return NULL;
     for (i = 0; i < count; i++) {
         PyObject *plan = PyList_GET_ITEM(plans, i), *gpu = PyTuple_GET_ITEM(gpus, i), *line;
+        Readings readings;
         int done = 0;
-        if (ascii_of(stamp) != NULL && plan_and_gpu_ok(plan, gpu)) {
+        if (stamp_ok && plan_and_gpu_ok(plan, gpu)
+            && readings_of(PyTuple_GET_ITEM(gpu, 3), energy_at, util_at, window_ms, &readings)) {
             OneTenant one;
             if (PyTuple_GET_SIZE(PyTuple_GET_ITEM(plan, 2)) != 1)
-                done = several_tenants(plan, gpu, energy_at, util_at, window_ms, stamp, lines);
-            else if (one_tenant(plan, gpu, energy_at, util_at, window_ms, &one)) {
+                done = several_tenants(plan, gpu, &readings, window_ms, stamp, lines);
+            else if (one_tenant(plan, gpu, &readings, &one)) {
                 line = tenant_line(&one, window_ms, stamp);
                 done = line != NULL && PyList_Append(lines, line) == 0 ? 1 : -1;
                 Py_XDECREF(line);

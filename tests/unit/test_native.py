@@ -18,7 +18,6 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -348,16 +347,14 @@ def random_window(rng: random.Random, seq: int) -> wire.TelemetryWindow:
     return wire.TelemetryWindow("c1", f"n{seq % 5}", seq, t1 - window_ms, t1, fields, tuple(gpus), dict(IDENTITIES))
 
 
-def run_pipeline(messages: list[tuple[str, bytes]], native: bool) -> dict:
-    path = Path(tempfile.mkdtemp()) / "messages.msgpack"
-    path.write_bytes(msgpack.packb(messages))
+def run_pipeline(path: Path, native: bool) -> dict:
     env = {**os.environ, "GPUFLEET_NATIVE": "1" if native else "0"}
     done = subprocess.run([sys.executable, "-c", PIPELINE_SCRIPT, str(path), RULES_TOML, str(NOW)],
                           env=env, capture_output=True, check=True, timeout=300)
     return json.loads(done.stdout)
 
 
-def test_the_pipeline_writes_and_rejects_the_same_with_and_without_the_c_paths() -> None:
+def test_the_pipeline_writes_and_rejects_the_same_with_and_without_the_c_paths(tmp_path: Path) -> None:
     """GPUFLEET_NATIVE=0 (or a collector installed without a compiler) must write every line and
     name every rejection exactly as the C paths do, on valid and broken messages alike."""
     rng = random.Random(8)
@@ -369,7 +366,9 @@ def test_the_pipeline_writes_and_rejects_the_same_with_and_without_the_c_paths()
             plain[rng.randrange(len(plain))] ^= 1 << rng.randrange(8)
             payload = zlib.compress(bytes(plain))
         messages.append([wire.telemetry_topic("c1", f"n{seq % 5}"), payload])
-    with_c, without_c = run_pipeline(messages, native=True), run_pipeline(messages, native=False)
+    path = tmp_path / "messages.msgpack"
+    path.write_bytes(msgpack.packb(messages))
+    with_c, without_c = run_pipeline(path, native=True), run_pipeline(path, native=False)
     assert (with_c["native"], without_c["native"]) == (True, False)
     accepted = sum(1 for _, rejection in with_c["out"] if rejection is None)
     assert 150 < accepted < 390, accepted  # both kinds well represented
