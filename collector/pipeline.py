@@ -109,7 +109,6 @@ class Pipeline:
     def _tenant_usage_lines(
         self, window: wire.TelemetryWindow, plans: list[GpuPlan], fields: FieldFormat, memo: _MessageMemo
     ) -> list[str]:
-        energy_at, util_at = fields.energy_at, fields.util_at
         instances: dict[int, list[wire.GpuWindow]] = {}
         for gpu in window.gpus:
             if gpu.mig is not None:
@@ -118,6 +117,7 @@ class Pipeline:
         stamp = str(window.t0_ms * 1_000_000)
         if not instances:  # no MIG on the node: the usual case
             return self._telemetry.tenant_usage_lines(plans, window.gpus, window_ms, fields, stamp)
+        energy_at, util_at = fields.energy_at, fields.util_at
         lines = []
         for plan, gpu in zip(plans, window.gpus):
             if gpu.mig is not None:
