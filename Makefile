@@ -13,11 +13,12 @@ DESTDIR ?=
 # ports (gpufleet/localstack.py), so it does not matter whether Debian also starts its own.
 # gcc + libc6-dev: the NVML ABI test compiles a probe against NVIDIA's nvml.h, and pip compiles
 # gpufleet/native.c (with python3-dev's headers, installed when the Python in use lacks them).
-# chromium + fonts: PDF reports, and the test that looks at the HTML report as a person would.
+# fonts-dejavu-core: the fonts the PDF report embeds. chromium, poppler-utils, qpdf: the tests that look
+# at the HTML and PDF reports as a person would (a screenshot, a drawn page, a strict syntax check).
 # systemd: `systemd-analyze security --offline` rates the shipped units.
-APT_PACKAGES := mosquitto influxdb nginx-light gcc libc6-dev chromium fonts-dejavu-core systemd
+APT_PACKAGES := mosquitto influxdb nginx-light gcc libc6-dev chromium poppler-utils qpdf fonts-dejavu-core systemd
 SERVICE_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/sbin/nginx /usr/bin/gcc /usr/include/stdio.h \
-	/usr/bin/chromium /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/bin/systemd-analyze
+	/usr/bin/chromium /usr/bin/pdftoppm /usr/bin/qpdf /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/bin/systemd-analyze
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps system-deps test demo install bench clean distclean

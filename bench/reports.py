@@ -42,7 +42,6 @@ import os
 import random
 import re
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -52,7 +51,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
+
+from pypdf import PdfReader
 
 from gpufleet import localstack
 from gpufleet.reports import main as report_main
@@ -71,7 +72,6 @@ INCIDENTS_PER_GPU_MONTH = 0.3
 SHARED_WINDOW_CHANCE = 0.05  # an incident in a window two tenants shared
 BATCH_BYTES = 8 << 20  # per /write; InfluxDB parses one batch while the next is made
 FORMATS = ("html", "csv", "json")  # and "pdf", unless --no-pdf
-SAMPLE_S = 0.1  # between two looks at Chromium's processes: a helper that ends loses at most that
 
 
 @dataclass(frozen=True)
@@ -439,7 +439,7 @@ class Cost:
     wall_s: float = 0.0
     cpu_s: float = 0.0  # this process, all threads
     influx_cpu_s: float = 0.0
-    children_cpu_s: float = 0.0  # Chromium
+    children_cpu_s: float = 0.0  # reaped child processes (none, unless a renderer starts some)
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.wall_s + other.wall_s, self.cpu_s + other.cpu_s, self.influx_cpu_s + other.influx_cpu_s,
@@ -450,8 +450,8 @@ class Cost:
                     self.children_cpu_s - other.children_cpu_s)
 
     def text(self) -> str:
-        chromium = f"  reaped children CPU {self.children_cpu_s:6.2f} s" if self.children_cpu_s else ""
-        return f"wall {self.wall_s:6.2f} s  CPU {self.cpu_s:6.2f} s  influxd CPU {self.influx_cpu_s:6.2f} s{chromium}"
+        children = f"  reaped children CPU {self.children_cpu_s:6.2f} s" if self.children_cpu_s else ""
+        return f"wall {self.wall_s:6.2f} s  CPU {self.cpu_s:6.2f} s  influxd CPU {self.influx_cpu_s:6.2f} s{children}"
 
 
 class Meter:
@@ -484,71 +484,6 @@ class Meter:
             if process_cpu_s(self._pid) - before < 0.05 * quiet_s:
                 break
         return time.monotonic() - began
-
-
-def descendants(pid: int) -> Iterator[int]:
-    """Every process below `pid`, from /proc/PID/task/TID/children (each thread's own children)."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return  # the process has just ended
-    for task in tasks:
-        try:
-            children = [int(child) for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-        except OSError:
-            continue  # the thread has just ended
-        for child in children:
-            yield child
-            yield from descendants(child)
-
-
-class ChromiumCpu:
-    """CPU seconds of the Chromium processes below this one, while the block runs:
-
-        with ChromiumCpu() as chromium: ...
-        chromium.cpu_s
-
-    A thread looks at /proc every SAMPLE_S and keeps each process's last utime + stime, by pid
-    and start time (pids are reused). Own times only, not cutime: a helper reaped by its parent
-    would otherwise count twice. os.times()'s children figure is no substitute: helpers that
-    outlive the browser are reparented and never reaped by it, and their CPU is lost there."""
-
-    def __init__(self) -> None:
-        self._seen: dict[tuple[int, int], float] = {}  # (pid, start time in ticks) -> CPU s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="bench.chromium-cpu", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    @property
-    def cpu_s(self) -> float:
-        return sum(self._seen.values())
-
-    @property
-    def processes(self) -> int:
-        return len(self._seen)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(SAMPLE_S):
-            self._sample()
-
-    def _sample(self) -> None:
-        tick = os.sysconf("SC_CLK_TCK")
-        for pid in descendants(os.getpid()):
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-            if name.startswith("chrom") and fields[0] != "Z":  # a zombie's times are gone
-                self._seen[(pid, int(fields[19]))] = (int(fields[11]) + int(fields[12])) / tick
 
 
 STAGES = {"query": "collect", "figures": "chargeback", "render": "render_files"}  # stage -> what run_report calls
@@ -593,9 +528,7 @@ def run_formats(config: ReportConfig, meter: Meter, start: str, end: str, out: P
     print(f"gpufleet report --all --from {start} --to {end} (reports.main.run_report), per format:")
     totals = {}
     for fmt in formats:
-        # Chromium's processes are watched only while it prints: the sampling thread costs this process CPU.
-        chromium = ChromiumCpu() if fmt == "pdf" else contextlib.nullcontext()
-        with chromium, stages_timed(meter) as costs, meter.measure() as total:
+        with stages_timed(meter) as costs, meter.measure() as total:
             run = report_main.run_report(config, start=start, end=end, fmt=fmt, out=out / fmt, all_tenants=True)  # type: ignore[arg-type]
         totals[fmt] = total
         other = total - costs["query"] - costs["figures"] - costs["render"]
@@ -604,9 +537,9 @@ def run_formats(config: ReportConfig, meter: Meter, start: str, end: str, out: P
             print(f"    {stage:<8} {cost.text()}")
         print(f"    total    {total.text()}   {total.wall_s / GOAL_S:.2f} x the goal")
         if fmt == "pdf":
-            print(f"    chromium CPU {chromium.cpu_s:.2f} s over its {chromium.processes} processes (/proc); "
-                  f"wall {total.wall_s:.2f} s, CPU {total.cpu_s:.2f} s here, beside the goal of {GOAL_S:g} s: "
-                  f"{'met' if total.wall_s <= GOAL_S else 'NOT met'}")
+            files = [path for path in run.files if path.suffix == ".pdf"]
+            print(f"    {sum(path.stat().st_size for path in files) / len(files) / 1000:,.0f} kB a file on average, "
+                  f"largest {max(path.stat().st_size for path in files) / 1000:,.0f} kB")
     slowest = max(totals, key=lambda fmt: totals[fmt].wall_s)
     verdict = "met" if totals[slowest].wall_s <= GOAL_S else "NOT met"
     print(f"  goal {GOAL_S:g} s per run: {verdict} (slowest: --format {slowest}, {totals[slowest].wall_s:.2f} s wall, "
@@ -684,11 +617,28 @@ def check_html(folder: Path, expected: Expected) -> list[str]:
     return bad
 
 
+_PDF_TILE = re.compile(r"^([0-9,.]+)\nGPU-hours allocated$", re.MULTILINE)
+
+
+def check_pdf(folder: Path, expected: Expected) -> list[str]:
+    """The GPU-hours tile as a PDF reader (pypdf) extracts the text of the first page."""
+    bad = []
+    for tenant, gpu_ms in expected.gpu_ms.items():
+        found = _PDF_TILE.search(PdfReader(folder / f"{tenant}.pdf").pages[0].extract_text())
+        if not found or not _shown(found.group(1).replace(",", ""), gpu_ms / MS_PER_HOUR, 2):
+            bad.append(f"{tenant}.pdf shows {found and found.group(1)} GPU-hours, loaded {gpu_ms / MS_PER_HOUR}")
+    return bad
+
+
 def check(out: Path, expected: Expected) -> None:
     print("check against what was loaded (GPU-hours, busy, idle, energy, incidents of every tenant):")
     bad = check_json(out / "json", expected) + check_csv(out / "csv", expected) + check_html(out / "html", expected)
+    shown = "JSON figures, CSV totals, HTML tile"
+    if (out / "pdf").is_dir():
+        bad += check_pdf(out / "pdf", expected)
+        shown += ", PDF tile"
     tenants = len(expected.gpu_ms)
-    print(f"  {tenants} tenants x (JSON figures, CSV totals, HTML tile): {'all as loaded' if not bad else f'{len(bad)} MISMATCHES'}")
+    print(f"  {tenants} tenants x ({shown}): {'all as loaded' if not bad else f'{len(bad)} MISMATCHES'}")
     for line in bad[:10]:
         print(f"    {line}")
 

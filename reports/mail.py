@@ -17,7 +17,7 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from .model import TenantReport
-from .render_html import fmt_hours, fmt_money, fmt_pct, fmt_time
+from .document import fmt_hours, fmt_money, fmt_pct, fmt_time
 from .settings import MailSettings
 
 

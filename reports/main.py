@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from . import mail, render_csv, render_html, render_json
+from . import mail, render_csv, render_html, render_json, render_pdf
+from .fonts import FontError
 from .model import HOUR_NS, UNALLOCATED, TenantReport, chargeback, floor_hour, tenant_report
 from .query import InfluxError, InfluxQL
-from .render_pdf import PdfError, PdfPrinter, html_to_pdf
 from .rollup import RollupSummary, collect, rollup
 from .settings import ReportConfig
 
@@ -55,7 +59,7 @@ def render(report: TenantReport, fmt: Format, out: Path) -> Path:
     if fmt == "html":
         out.write_text(render_html.render(report), encoding="utf-8")
     elif fmt == "pdf":
-        html_to_pdf(render_html.render(report), out)
+        out.write_bytes(render_pdf.render(report))
     elif fmt == "csv":
         out.write_text(render_csv.render_tenant(report), encoding="utf-8")
     elif fmt == "json":
@@ -66,15 +70,36 @@ def render(report: TenantReport, fmt: Format, out: Path) -> Path:
 
 
 def render_files(reports: Sequence[TenantReport], fmt: Format, paths: Sequence[Path]) -> list[Path]:
-    """Write each report in `fmt` to its path; the paths written. PDF: one Chromium prints them
-    all, each tenant's HTML rendered only as a tab comes free (a Chromium per file cost a second
-    each)."""
-    if fmt != "pdf":
+    """Write each report in `fmt` to its path; the paths written."""
+    workers = min(len(reports), PDF_WORKERS)
+    if fmt != "pdf" or workers < 2:
         return [render(report, fmt, path) for report, path in zip(reports, paths)]
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with PdfPrinter() as printer:
-        return printer.print_all((render_html.render(report), path) for report, path in zip(reports, paths))
+    return _render_pdf_files(reports, paths, workers)
+
+
+# PDF layout is the one format that costs real CPU (~40 ms for a tenant with 500 workloads), so
+# --all lays PDFs out on every core. Workers are forked once the reports exist and read them from
+# the memory they inherit: pickling each report to a worker would cost a good part of its layout.
+PDF_WORKERS = len(os.sched_getaffinity(0))
+_pdf_work: tuple[Sequence[TenantReport], Sequence[Path]] = ((), ())
+
+
+def _render_pdf_files(reports: Sequence[TenantReport], paths: Sequence[Path], workers: int) -> list[Path]:
+    global _pdf_work
+    render_pdf.load_fonts()  # once, before the fork: each worker inherits the faces and the usual subset
+    _pdf_work = (reports, paths)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_render_pdf_file, range(len(reports)), chunksize=4))
+    except BrokenProcessPool as exc:
+        raise ReportError(f"a PDF worker process died: {exc}") from None
+    finally:
+        _pdf_work = ((), ())
+
+
+def _render_pdf_file(index: int) -> Path:
+    reports, paths = _pdf_work
+    return render(reports[index], "pdf", paths[index])
 
 
 @dataclass
@@ -155,7 +180,7 @@ def run_report(
         run.reconciled = cb.reconciled
     try:
         run.files += render_files(reports, fmt, paths)
-    except PdfError as exc:
+    except FontError as exc:
         raise ReportError(str(exc)) from None
     if mail_to or mail_tenants:
         _mail(config, reports, paths, mail_to, run)

@@ -55,5 +55,6 @@ def test_scaleout_splits_between_two_collectors_and_loses_nothing():
 
 @pytest.mark.services
 def test_reports_bench_checks_its_totals():
-    out = run_bench("reports.py", "--gpus", "40", "--tenants", "4", "--days", "2", "--no-pdf", timeout_s=240)
-    assert "reconciled: True" in out and "OK" in out
+    out = run_bench("reports.py", "--gpus", "40", "--tenants", "4", "--days", "2", timeout_s=240)
+    assert "reconciled: True" in out and "OK" in out and "--format pdf" in out
+    assert "(JSON figures, CSV totals, HTML tile, PDF tile): all as loaded" in out

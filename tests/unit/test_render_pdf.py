@@ -1,253 +1,225 @@
-"""The PDF printer's protocol side, without Chromium: NUL-framed JSON, replies matched to their
-commands, events routed by sessionId, CDP errors, and whole print runs against a fake browser
-that answers as Chromium does (tests/integration/test_reports_render.py prints with the real one)."""
+"""The PDF report, read back by a PDF library of its own (pypdf): what it shows, its tags, its
+fonts, and a layout that keeps every text on the page. Pure: report in, bytes out, with the real
+DejaVu fonts (fonts-dejavu-core)."""
 
 from __future__ import annotations
 
-import base64
-import json
+import io
+import re
 from typing import Any
 
 import pytest
+from fontTools.ttLib import TTFont
+from pypdf import PdfReader
 
-from gpufleet.reports.render_pdf import (
-    CdpChannel, CdpError, Command, Deadlines, Event, MessageReader, PdfError, PrintSchedule, Reply, WaitForEvent, decode,
-    encode_message,
-)
+from gpufleet.reports import charts, fonts, render_pdf
+from gpufleet.reports.document import Column, Document, Figure, Heading, Note, Span, Table, build
+from gpufleet.reports.model import HOUR_NS, Incident, PriceList, UsageRow, tenant_report
+from gpufleet.reports.render_pdf import CONTENT_BOTTOM, CONTENT_TOP, CONTENT_WIDTH, MARGIN, Layout, document_pdf
+from gpufleet.reports.settings import EXAMPLE_REFERENCE
 
-
-def test_a_message_is_compact_json_and_one_nul():
-    message = {"id": 7, "method": "Page.enable", "params": {}, "sessionId": "S1"}
-    assert encode_message(message) == b'{"id":7,"method":"Page.enable","params":{},"sessionId":"S1"}\x00'
-
-
-def test_a_nul_inside_a_string_is_escaped_so_it_cannot_end_the_message():
-    encoded = encode_message({"id": 1, "method": "x", "params": {"text": "a\x00b"}})
-    assert encoded.count(b"\x00") == 1 and encoded.endswith(b"\x00")
-    assert MessageReader().feed(encoded) == [{"id": 1, "method": "x", "params": {"text": "a\x00b"}}]
-
-
-def test_messages_split_and_joined_across_reads_come_out_whole():
-    first, second = encode_message({"id": 1, "result": {}}), encode_message({"method": "E", "params": {"n": 2}})
-    stream = first + second
-    reader = MessageReader()
-    got = [message for i in range(0, len(stream), 5) for message in reader.feed(stream[i : i + 5])]
-    assert got == [{"id": 1, "result": {}}, {"method": "E", "params": {"n": 2}}]
-    assert MessageReader().feed(stream) == got
+S = 1_746_057_600_000_000_000  # 2025-05-01T00:00:00Z
+H100 = "NVIDIA H100 80GB HBM3"
+PRICES = PriceList("prices", "test", "EUR", ((H100, 2.0),), per_kwh=0.5)
+XID = Incident(S + 5, "c1", "n1", "0", "xid", 79, 'fell off "the" bus')
+ROWS = [
+    UsageRow(S, "c1", H100, "lab-a", 3600.0, 1800.0, 1800.0, 3_600_000.0, 1 << 30, 360, 36.0, 0.0, 0.0, 10.0,
+             {"slurm:7": {"kind": "slurm_job", "job": "7"}}, (XID,)),
+    UsageRow(S, "c1", H100, "lab-b", 1800.0, 1800.0, 0.0, 1_800_000.0, 2 << 30, 180, 0.0, 0.0, 0.0, 0.0,
+             {"k8s:secret-project": {"kind": "k8s_pod", "namespace": "secret"}}, ()),
+]
+# PDF syntax, markup, accents, Greek, CJK (no glyph in DejaVu), a character past U+FFFF, a CR.
+HOSTILE = 'a (b) \\c <b>zoë Ωμέγα 日本 \U0001F600 d\te'
 
 
-def test_a_message_without_its_end_is_kept_until_it_comes():
-    reader = MessageReader()
-    assert reader.feed(b'{"id":1,') == []
-    assert reader.feed(b'"result":{}}\x00{"id"') == [{"id": 1, "result": {}}]
+def read(data: bytes) -> PdfReader:
+    return PdfReader(io.BytesIO(data))
 
 
-def test_bad_messages_are_pdf_errors_that_show_them():
-    with pytest.raises(PdfError, match=r"not JSON: b'\{oops'"):
-        MessageReader().feed(b"{oops\x00")
-    with pytest.raises(PdfError, match="not a JSON object"):
-        MessageReader().feed(b"[1]\x00")
-    with pytest.raises(PdfError, match="over 10 bytes"):
-        MessageReader(limit_bytes=10).feed(b'{"id": 1, "result"')
+def text_of(data: bytes) -> str:
+    return "\n".join(page.extract_text() for page in read(data).pages)
 
 
-def test_decode_tells_replies_from_events_and_keeps_the_session():
-    assert decode({"id": 3, "result": {"a": 1}}) == Reply(3, {"a": 1})
-    assert decode({"id": 4}) == Reply(4, {})
-    assert decode({"method": "Page.lifecycleEvent", "params": {"name": "load"}, "sessionId": "S"}) == Event(
-        "Page.lifecycleEvent", {"name": "load"}, "S")
-    assert decode({"method": "Target.targetCreated", "params": {}}) == Event("Target.targetCreated", {}, None)
-    with pytest.raises(PdfError, match="neither id nor method"):
-        decode({"result": {}})
+def month(workloads: int = 3, identity: dict[str, str] | None = None, tenant: str = "lab-a") -> Any:
+    """A tenant's month with `workloads` jobs, one a row, each seen for one hour."""
+    rows = []
+    for n in range(workloads):
+        key = f"slurm:{1000 + n}"
+        rows.append(UsageRow(S + (n % 720) * HOUR_NS, "c1", H100, tenant, 3600.0, 1800.0, 1800.0, 3_600_000.0, 1 << 30, 360,
+                             workloads={key: identity or {"kind": "slurm_job", "job": str(1000 + n), "user": "ada"}}))
+    return tenant_report(tenant, S, S + 720 * HOUR_NS, rows, PRICES)
 
 
-def test_a_cdp_error_object_names_code_message_and_data():
-    with pytest.raises(CdpError, match=r"refused command 9: Printing failed \(code -32000\)$"):
-        decode({"id": 9, "error": {"code": -32000, "message": "Printing failed"}})
-    with pytest.raises(CdpError, match=r"No target with given id found \(code -32602\): t-1$"):
-        decode({"id": 9, "error": {"code": -32602, "message": "No target with given id found", "data": "t-1"}})
+def test_the_pdf_shows_what_the_html_shows_of_its_tenant_only():
+    report = tenant_report("lab-a", S, S + 24 * HOUR_NS, ROWS, PRICES, [EXAMPLE_REFERENCE])
+    data = render_pdf.render(report)
+    pdf = read(data)
+    assert data.startswith(b"%PDF-1.7") and data.rstrip().endswith(b"%%EOF")
+    assert [(round(float(p.mediabox.width), 2), round(float(p.mediabox.height), 2)) for p in pdf.pages][0] == (595.28, 841.89)
+    text = " ".join(text_of(data).split())  # lines wrap where the layout breaks them
+    for shown in ("GPU usage report: lab-a", "2.50 EUR", "slurm:7", 'fell off "the" bus', "job=7, kind=slurm_job",
+                  "GPU-hours per day (UTC)", "availability (fault-free share)", "EXAMPLE public-cloud"):
+        assert shown in text, shown
+    assert "lab-b" not in text and "secret" not in text
+    assert pdf.metadata.title == "GPU usage: lab-a"
+    assert render_pdf.render(report) == data  # the same report, the same bytes
 
 
-def test_the_channel_numbers_commands_and_hands_replies_to_their_owner():
-    channel = CdpChannel()
-    first = channel.send(Command("Target.createTarget", {"url": "about:blank"}), owner=5)
-    second = channel.send(Command("Page.enable", {}, "S1"), owner=6)
-    assert json.loads(first[:-1]) == {"id": 1, "method": "Target.createTarget", "params": {"url": "about:blank"}}
-    assert json.loads(second[:-1]) == {"id": 2, "method": "Page.enable", "params": {}, "sessionId": "S1"}
-    assert channel.waiting == 2
-    assert channel.reply_to({"id": 2, "result": {}, "sessionId": "S1"}) == (6, {})
-    assert channel.reply_to({"id": 1, "result": {"targetId": "T"}}) == (5, {"targetId": "T"})
-    assert channel.waiting == 0
+def test_any_text_reads_back_as_it_was_given():
+    report = month(1, {"kind": "slurm_job", "job": "1", "user": HOSTILE}, tenant=HOSTILE)
+    text = text_of(render_pdf.render(report))
+    # U+1F600 has no 2-byte code: it prints (and reads back) as U+FFFD; the rest comes back as sent.
+    shown = HOSTILE.replace("\U0001F600", "\ufffd")
+    assert f"GPU usage report: {shown}" in text
+    assert f"user={shown}" in text.replace("\n", " ")
 
 
-def test_the_channel_names_the_method_of_a_refused_command_and_rejects_strangers():
-    channel = CdpChannel()
-    channel.send(Command("Page.printToPDF", {}, "S1"), owner=0)
-    with pytest.raises(CdpError, match=r"^Page.printToPDF: chromium refused command 1: Printing failed \(code -32000\)"):
-        channel.reply_to({"id": 1, "error": {"code": -32000, "message": "Printing failed"}})
-    with pytest.raises(PdfError, match="never sent"):
-        channel.reply_to({"id": 1, "result": {}})
+def struct_kids(elem: Any) -> list[Any]:
+    kids = elem.get("/K")
+    if kids is None:
+        return []
+    kids = kids.get_object()
+    if not isinstance(kids, list):
+        kids = [kids]
+    return [k.get_object() for k in kids if not isinstance(k.get_object(), int)]
 
 
-def test_a_wait_matches_its_session_method_and_params_only():
-    wait = WaitForEvent("S1", "Page.lifecycleEvent", {"name": "load", "loaderId": "L2"})
-    assert wait.matches(Event("Page.lifecycleEvent", {"name": "load", "loaderId": "L2", "timestamp": 1.5}, "S1"))
-    assert not wait.matches(Event("Page.lifecycleEvent", {"name": "load", "loaderId": "L1"}, "S1"))
-    assert not wait.matches(Event("Page.lifecycleEvent", {"name": "DOMContentLoaded", "loaderId": "L2"}, "S1"))
-    assert not wait.matches(Event("Page.lifecycleEvent", {"name": "load", "loaderId": "L2"}, "S2"))
-    assert not wait.matches(Event("Page.loadEventFired", {"name": "load", "loaderId": "L2"}, "S1"))
+def walk(elem: Any) -> list[Any]:
+    found = [elem]
+    for kid in struct_kids(elem):
+        if "/S" in kid:
+            found += walk(kid)
+    return found
 
 
-# --- whole runs against a fake browser ----------------------------------------------------------
+def test_tags_give_the_reading_order_tables_and_figures():
+    report = tenant_report("lab-a", S, S + 24 * HOUR_NS, ROWS, PRICES, [EXAMPLE_REFERENCE])
+    pdf = read(render_pdf.render(report))
+    root = pdf.trailer["/Root"]
+    assert bool(root["/MarkInfo"]["/Marked"]) and root["/Lang"] == "en"
+    assert bool(root["/ViewerPreferences"]["/DisplayDocTitle"])
+    (document,) = struct_kids(root["/StructTreeRoot"])
+    roles = [e["/S"] for e in struct_kids(document)]
+    assert roles[:5] == ["/H1", "/P", "/Div", "/H2", "/Figure"] and roles.count("/Table") == 5 and roles[-2:] == ["/H2", "/L"]
+    figures = [e for e in struct_kids(document) if e["/S"] == "/Figure"]
+    assert [f["/Alt"] for f in figures] == ["GPU-hours per day (UTC)", "Energy per day (UTC)"]
+    tables = [e for e in struct_kids(document) if e["/S"] == "/Table"]
+    workloads = tables[-1]
+    rows = struct_kids(workloads)
+    assert [c["/S"] for c in struct_kids(rows[0])] == ["/TH"] * 5 and struct_kids(rows[0])[0]["/A"]["/Scope"] == "/Column"
+    assert len(rows) == 2 and [c["/S"] for c in struct_kids(rows[1])] == ["/TD"] * 5
 
 
-class FakeChromium:
-    """Answers each command as Chromium does, in memory. A page's "PDF" is `%PDF-` and its HTML.
-    `load_first`: a document's load event comes before the setDocumentContent reply (Chromium
-    may fire it while the command runs, or after). `refuse`: a method answered with a CDP error."""
-
-    def __init__(self, *, load_first: bool = False, refuse: str | None = None) -> None:
-        self.load_first = load_first
-        self.refuse = refuse
-        self.received: list[dict[str, Any]] = []
-        self.open_targets: set[str] = set()
-        self._documents: dict[str, str] = {}  # session -> HTML in its tab
-
-    def answer(self, data: bytes) -> list[dict[str, Any]]:
-        out = []
-        for message in MessageReader().feed(data):
-            self.received.append(message)
-            out += self._answer(message)
-        return out
-
-    def _answer(self, message: dict[str, Any]) -> list[dict[str, Any]]:
-        method, params, session = message["method"], message["params"], message.get("sessionId")
-        reply: dict[str, Any] = {"id": message["id"]} | ({"sessionId": session} if session else {})
-        if method == self.refuse:
-            return [reply | {"error": {"code": -32000, "message": f"{method} failed"}}]
-        if method == "Target.createTarget":
-            target = f"T{len(self.open_targets) + 1}"
-            self.open_targets.add(target)
-            return [{"method": "Target.targetCreated", "params": {"targetInfo": {"targetId": target}}}, reply | {"result": {"targetId": target}}]
-        if method == "Target.attachToTarget":
-            return [reply | {"result": {"sessionId": "S" + params["targetId"]}}]
-        if method == "Target.closeTarget":
-            self.open_targets.remove(params["targetId"])
-            return [reply | {"result": {"success": True}}]
-        if method == "Page.getFrameTree":
-            return [reply | {"result": {"frameTree": {"frame": {"id": "F" + session, "url": "about:blank"}}}}]
-        if method == "Page.setDocumentContent":
-            assert params["frameId"] == "F" + session
-            self._documents[session] = params["html"]
-            load = {"method": "Page.loadEventFired", "params": {"timestamp": 1.0}, "sessionId": session}
-            return [load, reply | {"result": {}}] if self.load_first else [reply | {"result": {}}, load]
-        if method == "Page.printToPDF":
-            assert params["printBackground"] is True and params["preferCSSPageSize"] is True
-            pdf = b"%PDF-" + self._documents[session].encode()
-            return [reply | {"result": {"data": base64.b64encode(pdf).decode()}}]
-        return [reply | {"result": {}}]
+def test_every_marked_content_belongs_to_its_element_in_the_parent_tree():
+    data = render_pdf.render(month(300))
+    pdf = read(data)
+    tree = pdf.trailer["/Root"]["/StructTreeRoot"]
+    nums = tree["/ParentTree"]["/Nums"]
+    by_page = {nums[i]: nums[i + 1] for i in range(0, len(nums), 2)}
+    assert tree["/ParentTreeNextKey"] == len(pdf.pages) == len(by_page)
+    for page in pdf.pages:
+        content = page.get_contents().get_data().decode("latin-1")
+        mcids = [int(m) for m in re.findall(r"<</MCID (\d+)>> BDC", content)]
+        owners = by_page[page["/StructParents"]]
+        assert mcids == list(range(len(owners)))
+        for mcid, owner in enumerate(owners):
+            owner = owner.get_object()
+            assert owner["/K"] == mcid and owner["/Pg"].get_object() == page.get_object()
 
 
-def run(schedule: PrintSchedule, browser: FakeChromium, outbox: bytes | None = None, steps: int = 1000) -> None:
-    """Carry bytes between the schedule and the browser until the schedule is done; from the
-    start, or on from `outbox`, what the schedule last sent."""
-    pending = [schedule.start() if outbox is None else outbox]
-    for _ in range(steps):
-        if schedule.done:
-            return
-        replies = browser.answer(b"".join(pending))
-        assert replies, "the schedule waits on nothing"
-        pending = [schedule.receive(message) for message in replies]
-    raise AssertionError("not done")
+def test_a_long_table_breaks_between_rows_and_repeats_its_header():
+    data = render_pdf.render(month(300))
+    pages = [page.extract_text() for page in read(data).pages]
+    keys = [f"slurm:{1000 + n}" for n in range(300)]
+    with_rows = [n for n, text in enumerate(pages) if "slurm:1" in text]
+    assert len(with_rows) >= 3
+    for n in with_rows:
+        assert "workload\nidentity" in pages[n] or "workload identity" in pages[n].replace("\n", " "), n
+    found = re.findall(r"slurm:1\d{3}", "\n".join(pages))
+    assert found == keys  # each row once, in order, none cut across a page
 
 
-@pytest.mark.parametrize("load_first", [False, True])
-def test_every_page_is_printed_once_in_its_own_slot(load_first):
-    pages = [f"<p>page {i}</p>" for i in range(5)]
-    schedule, browser = PrintSchedule(pages, tabs=2), FakeChromium(load_first=load_first)
-    run(schedule, browser)
-    printed = dict(schedule.take_printed())
-    assert printed == {i: b"%PDF-" + html.encode() for i, html in enumerate(pages)}
-    assert schedule.take_printed() == []
-    methods = [m["method"] for m in browser.received]
-    assert methods.count("Target.createTarget") == 2 and methods.count("Page.printToPDF") == 5
-    assert browser.open_targets == set()  # both tabs closed once no page was left
+def drawn_text(layout: Layout) -> list[tuple[int, float, float, float]]:
+    """(page, x, baseline, width) of every text in the content, measured with the face it uses."""
+    out = []
+    for n, page in enumerate(layout.pages):
+        face_name, size = None, 0.0
+        for op in [*page.artifacts, *page.ops]:
+            for font, font_size in re.findall(r"/(F\d) ([\d.]+) Tf", op):
+                face_name, size = {v: k for k, v in render_pdf.FACE_NAMES.items()}[font], float(font_size)
+            for x, y, code in re.findall(r"BT ([\d.-]+) ([\d.-]+) Td <([0-9a-f]*)> Tj ET", op):
+                text = bytes.fromhex(code).decode("utf-16-be")
+                out.append((n, float(x), float(y), layout.faces[face_name].width(text, size)))
+    return out
 
 
-def test_printing_waits_for_the_load_of_its_document():
-    schedule, browser = PrintSchedule(["<p>a</p>"], tabs=1), FakeChromium()
-    outbox = schedule.start()
-    while b"Page.setDocumentContent" not in outbox:
-        outbox = b"".join(schedule.receive(m) for m in browser.answer(outbox))
-    answered, load = browser.answer(outbox)
-    assert schedule.receive(answered) == b""  # parsed, not yet loaded: no print yet
-    assert schedule.receive({"method": "Page.loadEventFired", "params": {}, "sessionId": "Sother"}) == b""  # another tab's
-    assert b'"method":"Page.printToPDF"' in schedule.receive(load)
+@pytest.mark.parametrize("identity", [
+    {"kind": "slurm_job", "job": "1", "user": "ada", "comment": "word " * 80},  # wraps at spaces
+    {"kind": "k8s_pod", "container": "0123456789abcdef" * 8, "pod_uid": "f" * 36},  # words wider than the page
+])
+def test_every_text_stays_inside_the_margins(identity):
+    layout = Layout(render_pdf.load_fonts())
+    layout.place(build(month(60, identity)).blocks)
+    texts = drawn_text(layout)
+    assert len(texts) > 300
+    for page, x, y, width in texts:
+        assert MARGIN - 0.01 <= x and x + width <= MARGIN + CONTENT_WIDTH + 0.01, (page, x, width)
+        assert CONTENT_BOTTOM <= y <= CONTENT_TOP, (page, y)
 
 
-def test_pages_are_taken_one_at_a_time_as_tabs_come_free():
-    taken = []
-
-    def urls():
-        for i in range(4):
-            taken.append(i)
-            yield f"<p>{i}</p>"
-
-    schedule, browser = PrintSchedule(urls(), tabs=2), FakeChromium()
-    outbox = schedule.start()
-    assert taken == []  # opening tabs takes no page yet
-    while not taken:
-        outbox = b"".join(schedule.receive(m) for m in browser.answer(outbox))
-    assert len(taken) <= 2 and sorted(schedule.pages_in_flight()) == taken
-    run(schedule, browser, outbox)
-    assert taken == [0, 1, 2, 3] and schedule.pages_in_flight() == []
+def test_column_widths_fill_the_page_and_narrow_columns_keep_their_text():
+    faces = render_pdf.load_fonts()
+    used = {name: set() for name in render_pdf.FACE_NAMES}
+    long_word = "x" * 400
+    table = Table((Column("key", False), Column("when", False), Column("n", True)), [[long_word, "2025-05-01 07h", "1"]] * 3)
+    laid = render_pdf.table_layout(faces, table, used)
+    assert sum(laid.widths) == pytest.approx(CONTENT_WIDTH)
+    assert [len(lines) for lines, _, _ in laid.rows[0][1]] [1:] == [1, 1]  # the date and the count are not broken
+    assert len(laid.rows[0][1][0][0]) > 1  # the long word is cut
 
 
-def test_more_tabs_than_pages_and_no_pages_at_all():
-    few, browser = PrintSchedule(["<p>only</p>"], tabs=3), FakeChromium()
-    run(few, browser)
-    assert [i for i, _ in few.take_printed()] == [0] and browser.open_targets == set()
-    none = PrintSchedule([], tabs=2)
-    run(none, FakeChromium())
-    assert none.take_printed() == []
-    with pytest.raises(ValueError, match="at least 1"):
-        PrintSchedule([], tabs=0)
+def test_wrap_breaks_at_spaces_then_cuts_long_words_after_a_separator():
+    regular = render_pdf.load_fonts()["regular"]
+    lines = render_pdf.wrap(regular, "alpha beta gamma delta", 10, regular.width("gamma delta", 10) + 1)
+    assert lines == ["alpha beta", "gamma delta"]
+    cut = render_pdf.wrap(regular, "pod_uid=0000001b-001b-4000-8000-0000c4e0a61f", 10, 100)
+    assert "".join(cut) == "pod_uid=0000001b-001b-4000-8000-0000c4e0a61f" and all(regular.width(line, 10) <= 100 for line in cut)
+    # cut where the line is full, or after the last separator if that is past the line's half
+    assert cut == ["pod_uid=0000001b", "-001b-4000-8000-", "0000c4e0a61f"]
 
 
-def test_a_refused_print_is_a_cdp_error_naming_the_method():
-    schedule = PrintSchedule(["<p>a</p>"], tabs=1)
-    with pytest.raises(CdpError, match=r"^Page.printToPDF: .*Page.printToPDF failed \(code -32000\)"):
-        run(schedule, FakeChromium(refuse="Page.printToPDF"))
-    schedule = PrintSchedule(["<p>a</p>"], tabs=1)
-    with pytest.raises(CdpError, match=r"^Page.setDocumentContent: .*\(code -32000\)"):
-        run(schedule, FakeChromium(refuse="Page.setDocumentContent"))
+def test_fonts_are_embedded_subsets_with_their_widths():
+    data = render_pdf.render(tenant_report("lab-a", S, S + 24 * HOUR_NS, ROWS, PRICES))
+    pdf = read(data)
+    fonts_seen = {}
+    for font in pdf.pages[0]["/Resources"]["/Font"].values():
+        font = font.get_object()
+        descendant = font["/DescendantFonts"][0].get_object()
+        program = descendant["/FontDescriptor"]["/FontFile2"].get_data()
+        fonts_seen[font["/BaseFont"].split("+")[1]] = TTFont(io.BytesIO(program))
+        assert re.fullmatch(r"/[A-Z]{6}\+DejaVuSans(-Bold|Mono)?", font["/BaseFont"])
+        assert font["/Encoding"] == "/Identity-H" and "/ToUnicode" in font
+    assert set(fonts_seen) == {"DejaVuSans", "DejaVuSans-Bold", "DejaVuSansMono"}
+    regular = fonts_seen["DejaVuSans"]
+    full = fonts.face("regular")
+    glyf = regular["glyf"]
+    order = regular.getGlyphOrder()
+    assert glyf[order[full.gid_of_char["A"]]].numberOfContours > 0  # drawn: kept
+    assert glyf[order[full.gid_of_char["Ж"]]].numberOfContours == 0  # never drawn: emptied
+    assert len(data) < (fonts.font_dir() / "DejaVuSans.ttf").stat().st_size
 
 
-# --- time limits ---------------------------------------------------------------------------------
+def test_a_document_with_every_block_lays_out_without_fonts_left_unused():
+    document = Document("t", (
+        Heading("A title", 1), Note(("Prices: ", Span("EXAMPLE", "example"), " and ", Span("code", "code"))),
+        Figure(charts.stacked_bars("c", "u", ["2025-05-01"], [("s", charts.BUSY_COLOUR, [1.0])], chart_id="c")),
+        Table((Column("a", False),), [[Span("total", "bold")], [""]]),
+    ))
+    text = text_of(document_pdf(document))
+    assert "Prices: EXAMPLE and code" in text and "total" in text
 
 
-def test_each_page_gets_its_own_limit_from_when_it_is_first_in_flight():
-    clock = Deadlines(100.0, page_timeout_s=10, run_timeout_s=1000)
-    assert clock.seconds_left(101.0, []) == 9.0  # starting: the idle limit
-    assert clock.seconds_left(102.0, [0]) == 10.0
-    assert clock.seconds_left(105.0, [0, 1]) == 7.0  # page 0 is due first
-    assert clock.seconds_left(111.0, [1]) == 4.0  # page 0 done in time
-    with pytest.raises(PdfError, match=r"did not print page 2 within 10 s \(the limit per page\)$"):
-        clock.seconds_left(115.0, [1])
-
-
-def test_the_idle_limit_restarts_when_the_last_pages_finish():
-    clock = Deadlines(0.0, page_timeout_s=10, run_timeout_s=1000)
-    clock.seconds_left(5.0, [0])
-    assert clock.seconds_left(12.0, []) == 10.0  # closing tabs after the last page
-    with pytest.raises(PdfError, match=r"did not answer within 10 s \(starting, or opening a tab\)$"):
-        clock.seconds_left(22.0, [])
-
-
-def test_the_run_limit_holds_however_pages_come_and_go():
-    clock = Deadlines(0.0, page_timeout_s=10, run_timeout_s=25)
-    for t, page in ((0.0, 0), (8.0, 1), (16.0, 2)):
-        clock.seconds_left(t, [page])
-    assert clock.seconds_left(24.0, [3]) == 1.0
-    with pytest.raises(PdfError, match=r"did not print all pages within 25 s \(the limit per run\)$"):
-        clock.seconds_left(25.0, [3])
+def test_without_the_fonts_the_error_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUFLEET_FONT_DIR", str(tmp_path))
+    with pytest.raises(fonts.FontError, match="apt-get install fonts-dejavu-core"):
+        render_pdf.render(month(1))
