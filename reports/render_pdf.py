@@ -19,60 +19,27 @@ only DejaVu, and its text is still in the file. Pure but for the font files (fon
 from __future__ import annotations
 
 import hashlib
-import re
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import accumulate
 
 from . import charts
-from .document import Block, Bullets, Cell, Document, Figure, Heading, Inline, Note, Subtitle, Table, Tiles, build
+from .document import Block, Bullets, Document, Figure, Heading, Inline, Note, Subtitle, Table, Tiles, build
 from .fonts import IDENTITY_TO_UNICODE, Face, FontError, Subset, face
 from .model import TenantReport
 from .pdf_file import PdfFile, number, ref, stream, text_string
+from .pdf_layout import (
+    BODY_SIZE, CONTENT_BOTTOM, CONTENT_TOP, CONTENT_WIDTH, FACE_NAMES, HEADING_MARGINS, HEADING_RULE,
+    HEADING_SIZES, LIST_INDENT, LaidCell, MARGIN, NOTE_SIZE, NOTE_STYLE, PAGE_HEIGHT, PAGE_WIDTH, PX,
+    RULE_WIDTH, SUBTITLE_STYLE, Style, TABLE_MARGIN, TABLE_PAD_X, TABLE_PAD_Y, TABLE_RULE, TABLE_SIZE, TEXT,
+    TILE_BORDER, TILE_COLUMNS, TILE_GAP, TILE_KEY_STYLE, TILE_MARGIN, TILE_PAD_X, TILE_PAD_Y, TILE_RADIUS,
+    TILE_VALUE_STYLE, TableLayout, flow, table_layout, unbroken_height, wrap,
+)
 
 __all__ = ["FontError", "document_pdf", "load_fonts", "render"]
 
-PX = 0.75  # one CSS pixel in points (96 px to the inch)
-PAGE_WIDTH, PAGE_HEIGHT = 595.28, 841.89  # A4
-MARGIN = 14 / 25.4 * 72  # 14 mm
-CONTENT_WIDTH = PAGE_WIDTH - 2 * MARGIN
-CONTENT_TOP, CONTENT_BOTTOM = PAGE_HEIGHT - MARGIN, MARGIN
 PRODUCER = "gpufleet"
 
-TEXT, MUTED, EXAMPLE = "#222222", "#666666", "#a0522d"
-TABLE_RULE, HEADING_RULE, TILE_BORDER = "#e5e5e5", "#cccccc", "#dddddd"
-RULE_WIDTH = 1 * PX
-
-BODY_SIZE = 16 * PX
-TABLE_SIZE, TABLE_PAD_Y, TABLE_PAD_X, TABLE_MARGIN = 13 * PX, 4 * PX, 6 * PX, 8 * PX
-NOTE_SIZE, CODE_SIZE = 12 * PX, 12 * PX
-HEADING_SIZES = {1: 22 * PX, 2: 17 * PX, 3: 18.72 * PX}  # h3 keeps the browser's 1.17 em of 16 px
-HEADING_MARGINS = {1: (0.67 * 22 * PX, 2 * PX), 2: (28 * PX, 0.83 * 17 * PX), 3: (18.72 * PX, 18.72 * PX)}
-TILE_GAP, TILE_PAD_Y, TILE_PAD_X, TILE_RADIUS, TILE_MARGIN = 10 * PX, 8 * PX, 10 * PX, 6 * PX, 14 * PX
-TILE_VALUE_SIZE, TILE_COLUMNS = 20 * PX, 4
-LIST_INDENT = 40 * PX
-FACE_NAMES = {"regular": "F1", "bold": "F2", "mono": "F3"}
-
-
-@dataclass(frozen=True, slots=True)
-class Style:
-    face: str  # regular, bold, mono
-    size: float
-    colour: str
-
-
-TILE_VALUE_STYLE = Style("bold", TILE_VALUE_SIZE, TEXT)
-TILE_KEY_STYLE = Style("regular", NOTE_SIZE, MUTED)
-SPAN_STYLES = {"bold": ("bold", None, None), "code": ("mono", CODE_SIZE, None), "example": ("bold", None, EXAMPLE)}
-
-
-def span_style(piece: Inline, base: Style) -> tuple[str, Style]:
-    if isinstance(piece, str):
-        return piece, base
-    face_name, size, colour = SPAN_STYLES[piece.style]
-    return piece.text, Style(face_name, size or base.size, colour or base.colour)
 
 
 def render(report: TenantReport) -> bytes:
@@ -115,7 +82,7 @@ class Elem:
 
 
 class Page:
-    __slots__ = ("ops", "artifacts", "marks", "font", "colour", "used")
+    __slots__ = ("ops", "artifacts", "marks", "font", "colour", "leading")
 
     def __init__(self) -> None:
         self.ops: list[str] = []  # the tagged content, in reading order
@@ -123,6 +90,7 @@ class Page:
         self.marks: list[Elem] = []  # MCID -> the element it belongs to
         self.font: tuple[str, float] | None = None  # the text state the ops have set so far
         self.colour: str | None = None
+        self.leading = 0.0  # TL, for the ' operator
 
     def mark(self, elem: Elem) -> None:
         """Begin the marked content of `elem` (one run of content per element)."""
@@ -149,17 +117,6 @@ def rgb(colour: str) -> str:
 
 
 # --- layout --------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class TableLayout:
-    widths: list[float]
-    head: list[list[str]]  # lines per header cell
-    head_height: float
-    rows: list[tuple[float, list[LaidCell]]]  # (height, cells)
-
-
-LaidCell = tuple[list[str], Style, list[float]]  # lines, style, each line's width
 
 
 @dataclass(slots=True)
@@ -206,10 +163,10 @@ class Layout:
     def line_height(self, style: Style) -> float:
         return self.faces[style.face].line_height * style.size
 
-    def text(self, x: float, baseline: float, text: str, style: Style, page: Page | None = None) -> None:
+    def text(self, x: float, baseline: float, text: str, style: Style) -> None:
         if not text:
             return
-        page = page or self.page
+        page = self.page
         this_face = self.faces[style.face]
         self.used[style.face].update(text)
         page.set_text_state(style.face, style.size, style.colour)
@@ -241,9 +198,9 @@ class Layout:
             elif isinstance(block, Table):
                 self.table(block)
             elif isinstance(block, Subtitle):
-                self.paragraph((block.text,), Style("regular", TABLE_SIZE, MUTED), 0.0)
+                self.paragraph((block.text,), SUBTITLE_STYLE, 0.0)
             elif isinstance(block, Note):
-                self.paragraph(block.pieces, Style("regular", NOTE_SIZE, MUTED), NOTE_SIZE if block.paragraph else 0.0)
+                self.paragraph(block.pieces, NOTE_STYLE, NOTE_SIZE if block.paragraph else 0.0)
             elif isinstance(block, Tiles):
                 self.tiles(block)
             elif isinstance(block, Figure):
@@ -255,15 +212,15 @@ class Layout:
 
     def lead_height(self, block: Block) -> float:
         """The height of what must follow a heading on its page: the whole block if it does not
-        break, else its first piece (a table's header and first row)."""
+        break, else its first piece (a table's header and first row, a note's first line)."""
         if isinstance(block, Table):
-            return TABLE_MARGIN + unbroken_height(self.table_layout(block))
+            return unbroken_height(self.table_layout(block))
         if isinstance(block, Figure):
             return self.figure_height()
         if isinstance(block, Tiles):
-            return TILE_MARGIN + self.tiles_height(block)
-        if isinstance(block, Note):
-            return NOTE_SIZE + self.line_height(Style("regular", NOTE_SIZE, MUTED))
+            return self.tiles_height(block)
+        if isinstance(block, Note | Bullets):
+            return self.line_height(NOTE_STYLE)
         return 0.0
 
     def heading(self, block: Heading, keep: float) -> None:
@@ -271,7 +228,7 @@ class Layout:
         top, bottom = HEADING_MARGINS[block.level]
         lines = self.wrap(block.text, style, CONTENT_WIDTH)
         height = len(lines) * self.line_height(style) + (RULE_WIDTH if block.level == 2 else 0.0)
-        self.start_block(top, height + max(bottom, keep and TABLE_MARGIN) + keep)
+        self.start_block(top, height + bottom + keep)
         elem = Elem(f"H{block.level}", self.root)
         self.page.mark(elem)
         self.lines(MARGIN, lines, style)
@@ -290,44 +247,18 @@ class Layout:
             self.text(x, self.y - ascent, line, style)
             self.y -= line_height
 
-    def paragraph(self, pieces: Sequence[Inline], base: Style, margin: float, x: float = MARGIN,
-                  width: float = CONTENT_WIDTH, role: str = "P", parent: Elem | None = None) -> None:
-        flowed = self.flow(pieces, base, width)
+    def paragraph(self, pieces: Sequence[Inline], base: Style, margin: float) -> None:
+        flowed = flow(self.faces, pieces, base, CONTENT_WIDTH)
         line_height = self.line_height(base)
         self.start_block(margin, len(flowed) * line_height)
-        elem = Elem(role, parent or self.root)
-        self.page.mark(elem)
+        self.page.mark(Elem("P", self.root))
         ascent = self.faces[base.face].ascent * base.size / 1000
         for runs in flowed:
             for offset, text, style in runs:
-                self.text(x + offset, self.y - ascent, text, style)
+                self.text(MARGIN + offset, self.y - ascent, text, style)
             self.y -= line_height
         self.page.end_mark()
         self.end_block(margin)
-
-    def flow(self, pieces: Sequence[Inline], base: Style, width: float) -> list[list[tuple[float, str, Style]]]:
-        """Mixed-style text broken into lines at spaces: each line a list of (x offset, text, style)."""
-        lines: list[list[tuple[float, str, Style]]] = [[]]
-        x = 0.0
-        for piece in pieces:
-            text, style = span_style(piece, base)
-            this_face = self.faces[style.face]
-            for i, word in enumerate(text.split(" ")):
-                token = (" " if i else "") + word
-                if not token:
-                    continue
-                w = this_face.width(token, style.size)
-                if x > 0 and x + w > width and token.startswith(" "):
-                    lines.append([])
-                    x, token = 0.0, token[1:]
-                    w = this_face.width(token, style.size)
-                for part in wrap(this_face, token, style.size, width) if w > width else [token]:
-                    if x > 0 and part is not token:
-                        lines.append([])
-                        x = 0.0
-                    lines[-1].append((x, part, style))
-                    x += this_face.width(part, style.size)
-        return lines
 
     # tables
 
@@ -342,46 +273,52 @@ class Layout:
         laid = self.table_layout(table)
         self.start_block(TABLE_MARGIN, unbroken_height(laid))
         elem = Elem("Table", self.root)
-        head_elem = Elem("TR", elem)
         xs = [MARGIN]
         for width in laid.widths[:-1]:
             xs.append(xs[-1] + width)
         numeric = [c.numeric for c in table.columns]
+        # (x, width, right-aligned, the x of a left-aligned line as written): the same for every row
+        places = [(x, width, right, f"{x + TABLE_PAD_X:.2f}") for x, width, right in zip(xs, laid.widths, numeric)]
         head_style = Style("bold", TABLE_SIZE, TEXT)
         head = [(lines, head_style, [self.faces["bold"].width(line, TABLE_SIZE) for line in lines]) for lines in laid.head]
-        self.table_row(laid.head_height, head, xs, laid.widths, numeric, head_elem, "TH")
+        self.table_row(laid.head_height, head, places, Elem("TR", elem), "TH")
         for height, cells in laid.rows:
             if height > self.room():
                 self.new_page()
                 self.artifact_row(laid, xs, numeric, head_style)
-            self.table_row(height, cells, xs, laid.widths, numeric, Elem("TR", elem), "TD")
+            self.table_row(height, cells, places, Elem("TR", elem), "TD")
         self.end_block(0.0)
 
-    def table_row(self, height: float, cells: list[LaidCell], xs: list[float], widths: list[float],
-                  numeric: list[bool], row: Elem, role: str) -> None:
+    def table_row(self, height: float, cells: list[LaidCell], places: list[tuple[float, float, bool, str]], row: Elem,
+                  role: str) -> None:
         """One row, each cell its own marked content. The hot loop of a long report: it writes
-        the operators itself rather than through text()."""
+        the operators itself, the lines of a left-aligned cell in one text object (' moves to the
+        next line by the leading, TL)."""
         page, ops = self.page, self.page.ops
         top = self.y
         line_height = self.faces["regular"].line_height * TABLE_SIZE
+        if page.leading != line_height:
+            page.leading = line_height
+            ops.append(f"{line_height:.2f} TL")
+        first_baseline = top - TABLE_PAD_Y - self.faces["regular"].ascent * TABLE_SIZE / 1000  # the row's strut
+        baseline_text = f"{first_baseline:.2f}"
         entries = "/A <</O /Table /Scope /Column>>" if role == "TH" else ""
-        for (lines, style, line_widths), x, width, right in zip(cells, xs, widths, numeric):
+        for (lines, style, line_widths), (x, width, right, left_x) in zip(cells, places):
             cell = Elem(role, row, entries)
             if len(lines) == 1 and not lines[0]:
                 continue  # an empty cell: an element with no content
-            this_face = self.faces[style.face]
-            encode = this_face.encode
             if page.font != (style.face, style.size) or page.colour != style.colour:
                 page.set_text_state(style.face, style.size, style.colour)
             cell.page, cell.mcid = page, len(page.marks)
             page.marks.append(cell)
-            baseline = top - TABLE_PAD_Y - this_face.ascent * TABLE_SIZE / 1000  # the cell's strut: a smaller span sits on its baseline
-            text = []
-            for line, line_width in zip(lines, line_widths):
-                at = x + width - TABLE_PAD_X - line_width if right else x + TABLE_PAD_X
-                text.append(f"BT {at:.2f} {baseline:.2f} Td {encode(line)} Tj ET")
-                baseline -= line_height
-            ops.append(f"/{role} <</MCID {cell.mcid}>> BDC {' '.join(text)} EMC")
+            codes = [f"<{line.encode('utf-16-be').hex()}>" if line.isascii() else self.faces[style.face].encode(line)
+                     for line in lines]
+            if right:
+                text = " ".join(f"BT {x + width - TABLE_PAD_X - w:.2f} {first_baseline - n * line_height:.2f} Td {code} Tj ET"
+                                for n, (code, w) in enumerate(zip(codes, line_widths)))
+            else:
+                text = f"BT {left_x} {baseline_text} Td {codes[0]} Tj {' '.join(code + chr(39) for code in codes[1:])} ET"
+            ops.append(f"/{role} <</MCID {cell.mcid}>> BDC {text} EMC")
         self.y = top - height
         rule_y = self.y + RULE_WIDTH / 2
         self.rule(MARGIN, rule_y, MARGIN + CONTENT_WIDTH, rule_y, TABLE_RULE)
@@ -507,7 +444,7 @@ class Layout:
     # lists
 
     def bullets(self, block: Bullets) -> None:
-        style = Style("regular", NOTE_SIZE, MUTED)
+        style = NOTE_STYLE
         line_height = self.line_height(style)
         ascent = self.faces["regular"].ascent * style.size / 1000
         items = [self.wrap(item, style, CONTENT_WIDTH - LIST_INDENT) for item in block.items]
@@ -525,149 +462,6 @@ class Layout:
             self.lines(MARGIN + LIST_INDENT, lines, style)
             self.page.end_mark()
         self.end_block(NOTE_SIZE)
-
-
-def unbroken_height(laid: TableLayout) -> float:
-    """What of a table must go on one page (break-inside: avoid): all of it if a page can hold it,
-    else its header and first row."""
-    total = laid.head_height + sum(height for height, _ in laid.rows)
-    if total <= CONTENT_TOP - CONTENT_BOTTOM:
-        return total
-    return laid.head_height + (laid.rows[0][0] if laid.rows else 0.0)
-
-
-def table_layout(faces: dict[str, Face], table: Table, used: dict[str, set[str]]) -> TableLayout:
-    """Column widths as the browser's auto table layout gives them (each column's widest cell,
-    then the room left shared in proportion; if that does not fit, each column's longest word
-    first), then each cell's lines and each row's height. Notes the characters used.
-    The hot path of a long report: cells are measured a column at a time."""
-    head_style = Style("bold", TABLE_SIZE, TEXT)
-    columns = [measure_column(faces, [row[i] for row in table.rows], used) for i in range(len(table.columns))]
-    used["bold"].update("".join(c.title for c in table.columns))
-    pad = 2 * TABLE_PAD_X
-    head_widths = [faces["bold"].width(c.title, TABLE_SIZE) for c in table.columns]
-    most = [max(head, max(measured, default=0.0)) + pad for head, (_, _, measured) in zip(head_widths, columns)]
-    if sum(most) <= CONTENT_WIDTH:
-        spare = CONTENT_WIDTH - sum(most)
-        widths = [w + spare * w / sum(most) for w in most]
-    else:
-        least = [longest_word(faces, [(c.title, head_style), *zip(texts, styles)], [0.0, *measured]) + pad
-                 for c, (texts, styles, measured) in zip(table.columns, columns)]
-        if sum(least) <= CONTENT_WIDTH:
-            stretch = [m - n for m, n in zip(most, least)]
-            spare = CONTENT_WIDTH - sum(least)
-            widths = [n + spare * s / sum(stretch) if sum(stretch) else n for n, s in zip(least, stretch)]
-        else:
-            widths = squeezed_widths(most, least)
-    laid_columns = [lay_column(faces, column, width - pad) for column, width in zip(columns, widths)]
-    line_height = faces["regular"].line_height * TABLE_SIZE
-    extra = 2 * TABLE_PAD_Y + RULE_WIDTH
-    rows = []
-    for cells in zip(*laid_columns):
-        rows.append((max(len(lines) for lines, _, _ in cells) * line_height + extra, list(cells)))
-    head_lines = [wrap(faces["bold"], c.title, TABLE_SIZE, w - pad) for c, w in zip(table.columns, widths)]
-    head_height = max(len(lines) for lines in head_lines) * line_height + extra
-    return TableLayout(widths, head_lines, head_height, rows)
-
-
-BASE_CELL = Style("regular", TABLE_SIZE, TEXT)
-
-
-def measure_column(faces: dict[str, Face], cells: list[Cell], used: dict[str, set[str]]) -> tuple[list[str], list[Style], list[float]]:
-    """A column's texts, styles and widths. Most columns are plain text in one style: those are
-    measured without a call per cell."""
-    if all(type(cell) is str for cell in cells):
-        texts: list[str] = cells  # type: ignore[assignment]  # checked just above
-        regular = faces["regular"].widths.__getitem__
-        scale = TABLE_SIZE / 1000
-        used["regular"].update("".join(texts))
-        return texts, [BASE_CELL] * len(texts), [sum(map(regular, text)) * scale for text in texts]
-    styled = [span_style(cell, BASE_CELL) for cell in cells]
-    for text, style in styled:
-        used[style.face].update(text)
-    return [t for t, _ in styled], [s for _, s in styled], [faces[s.face].width(t, s.size) for t, s in styled]
-
-
-def lay_column(faces: dict[str, Face], column: tuple[list[str], list[Style], list[float]], inner: float) -> list[LaidCell]:
-    """Each cell's lines at the column's inner width."""
-    texts, styles, measured = column
-    laid: list[LaidCell] = []
-    for text, style, w in zip(texts, styles, measured):
-        if w <= inner:
-            laid.append(([text], style, [w]))
-        else:
-            this_face = faces[style.face]
-            lines = wrap(this_face, text, style.size, inner)
-            laid.append((lines, style, [this_face.width(line, style.size) for line in lines]))
-    return laid
-
-
-def squeezed_widths(most: list[float], least: list[float]) -> list[float]:
-    """Widths when some column's longest word alone is too wide (a 64-hex-digit container id):
-    the browser would let the table run off the page. Here the narrow columns keep their whole
-    text, narrowest first while each fits its fair share of what is left; the rest share the
-    remainder in proportion to their longest words, which are cut."""
-    widths = [0.0] * len(most)
-    remaining, left = CONTENT_WIDTH, sorted(range(len(most)), key=most.__getitem__)
-    while left and most[left[0]] <= remaining / len(left):
-        column = left.pop(0)
-        widths[column] = most[column]
-        remaining -= most[column]
-    for column in left:
-        widths[column] = remaining * least[column] / sum(least[c] for c in left)
-    return widths
-
-
-def longest_word(faces: dict[str, Face], cells: Sequence[tuple[str, Style]], widths: Sequence[float]) -> float:
-    """The widest word of a column: its min-content width. Widest cells first, and none narrower
-    than the widest word so far can hold a wider one."""
-    best = 0.0
-    for w, (text, style) in sorted(zip(widths, cells), key=lambda pair: pair[0], reverse=True):
-        if w and w <= best:
-            break
-        this_face = faces[style.face]
-        best = max(best, max(map(this_face.word_width, text.split(" "))) * style.size)
-    return best
-
-
-def wrap(this_face: Face, text: str, size: float, width: float) -> list[str]:
-    """`text` in lines no wider than `width`, broken at spaces; a word wider than a line is cut
-    where it reaches the edge (the browser's overflow-wrap: anywhere)."""
-    if this_face.width(text, size) <= width:
-        return [text]
-    space = this_face.width(" ", size)
-    lines: list[str] = []
-    line, line_width = "", 0.0
-    for word in text.split(" "):
-        w = this_face.word_width(word) * size
-        if line and line_width + space + w <= width:
-            line, line_width = f"{line} {word}", line_width + space + w
-            continue
-        if line:
-            lines.append(line)
-        while w > width and len(word) > 1:
-            cut = soft_break(word, fits(this_face, word, size, width))
-            lines.append(word[:cut])
-            word = word[cut:]
-            w = this_face.width(word, size)
-        line, line_width = word, w
-    lines.append(line)
-    return lines
-
-
-UP_TO_SOFT_BREAK = re.compile(r".*[-/=:,._]", re.DOTALL)  # a long identifier is cut after one of these if near the edge
-
-
-def soft_break(word: str, cut: int) -> int:
-    """`cut`, or earlier: just after the last soft break before it, if that is past cut's half."""
-    found = UP_TO_SOFT_BREAK.match(word, 0, cut)
-    return found.end() if found is not None and found.end() > cut // 2 else cut
-
-
-def fits(this_face: Face, word: str, size: float, width: float) -> int:
-    """How many of word's first characters fit in `width` (at least one)."""
-    edges = list(accumulate(map(this_face.widths.__getitem__, word)))
-    return max(bisect_right(edges, width * 1000 / size), 1)
 
 
 def rounded_rect(x: float, y: float, w: float, h: float, r: float) -> str:

@@ -12,10 +12,11 @@ import pytest
 from fontTools.ttLib import TTFont
 from pypdf import PdfReader
 
-from gpufleet.reports import charts, fonts, render_pdf
+from gpufleet.reports import charts, fonts, pdf_layout, render_pdf
 from gpufleet.reports.document import Column, Document, Figure, Heading, Note, Span, Table, build
 from gpufleet.reports.model import HOUR_NS, Incident, PriceList, UsageRow, tenant_report
-from gpufleet.reports.render_pdf import CONTENT_BOTTOM, CONTENT_TOP, CONTENT_WIDTH, MARGIN, Layout, document_pdf
+from gpufleet.reports.pdf_layout import CONTENT_BOTTOM, CONTENT_TOP, CONTENT_WIDTH, FACE_NAMES, MARGIN, NOTE_STYLE
+from gpufleet.reports.render_pdf import Layout, document_pdf
 from gpufleet.reports.settings import EXAMPLE_REFERENCE
 
 S = 1_746_057_600_000_000_000  # 2025-05-01T00:00:00Z
@@ -140,22 +141,31 @@ def test_a_long_table_breaks_between_rows_and_repeats_its_header():
 
 
 def drawn_text(layout: Layout) -> list[tuple[int, float, float, float]]:
-    """(page, x, baseline, width) of every text in the content, measured with the face it uses."""
+    """(page, x, baseline, width) of every line of text in the content, measured with the face it
+    is set in: a small reader of the operators the layout writes (Tf, TL, Td, Tj, ')."""
     out = []
     for n, page in enumerate(layout.pages):
-        face_name, size = None, 0.0
-        for op in [*page.artifacts, *page.ops]:
-            for font, font_size in re.findall(r"/(F\d) ([\d.]+) Tf", op):
-                face_name, size = {v: k for k, v in render_pdf.FACE_NAMES.items()}[font], float(font_size)
-            for x, y, code in re.findall(r"BT ([\d.-]+) ([\d.-]+) Td <([0-9a-f]*)> Tj ET", op):
-                text = bytes.fromhex(code).decode("utf-16-be")
-                out.append((n, float(x), float(y), layout.faces[face_name].width(text, size)))
+        face_name, size, leading = None, 0.0, 0.0
+        for token in re.findall(r"/F\d [\d.]+ Tf|[\d.]+ TL|[\d.-]+ [\d.-]+ Td|<[0-9a-f]*> (?:Tj|')", " ".join([*page.artifacts, *page.ops])):
+            if token.endswith("Tf"):
+                font, font_size = token[1:].split()[:2]
+                face_name, size = {v: k for k, v in FACE_NAMES.items()}[font], float(font_size)
+            elif token.endswith("TL"):
+                leading = float(token.split()[0])
+            elif token.endswith("Td"):
+                x, y = map(float, token.split()[:2])
+            else:
+                if token.endswith("'"):
+                    y -= leading
+                text = bytes.fromhex(token[1:token.index(">")]).decode("utf-16-be")
+                out.append((n, x, y, layout.faces[face_name].width(text, size)))
     return out
 
 
 @pytest.mark.parametrize("identity", [
     {"kind": "slurm_job", "job": "1", "user": "ada", "comment": "word " * 80},  # wraps at spaces
     {"kind": "k8s_pod", "container": "0123456789abcdef" * 8, "pod_uid": "f" * 36},  # words wider than the page
+    {"kind": "slurm_job", "job": "1", "comment": "x" * 40_000},  # a cell longer than a page: cut short
 ])
 def test_every_text_stays_inside_the_margins(identity):
     layout = Layout(render_pdf.load_fonts())
@@ -169,10 +179,10 @@ def test_every_text_stays_inside_the_margins(identity):
 
 def test_column_widths_fill_the_page_and_narrow_columns_keep_their_text():
     faces = render_pdf.load_fonts()
-    used = {name: set() for name in render_pdf.FACE_NAMES}
+    used = {name: set() for name in FACE_NAMES}
     long_word = "x" * 400
     table = Table((Column("key", False), Column("when", False), Column("n", True)), [[long_word, "2025-05-01 07h", "1"]] * 3)
-    laid = render_pdf.table_layout(faces, table, used)
+    laid = pdf_layout.table_layout(faces, table, used)
     assert sum(laid.widths) == pytest.approx(CONTENT_WIDTH)
     assert [len(lines) for lines, _, _ in laid.rows[0][1]] [1:] == [1, 1]  # the date and the count are not broken
     assert len(laid.rows[0][1][0][0]) > 1  # the long word is cut
@@ -180,12 +190,36 @@ def test_column_widths_fill_the_page_and_narrow_columns_keep_their_text():
 
 def test_wrap_breaks_at_spaces_then_cuts_long_words_after_a_separator():
     regular = render_pdf.load_fonts()["regular"]
-    lines = render_pdf.wrap(regular, "alpha beta gamma delta", 10, regular.width("gamma delta", 10) + 1)
+    lines = pdf_layout.wrap(regular, "alpha beta gamma delta", 10, regular.width("gamma delta", 10) + 1)
     assert lines == ["alpha beta", "gamma delta"]
-    cut = render_pdf.wrap(regular, "pod_uid=0000001b-001b-4000-8000-0000c4e0a61f", 10, 100)
+    cut = pdf_layout.wrap(regular, "pod_uid=0000001b-001b-4000-8000-0000c4e0a61f", 10, 100)
     assert "".join(cut) == "pod_uid=0000001b-001b-4000-8000-0000c4e0a61f" and all(regular.width(line, 10) <= 100 for line in cut)
     # cut where the line is full, or after the last separator if that is past the line's half
     assert cut == ["pod_uid=0000001b", "-001b-4000-8000-", "0000c4e0a61f"]
+
+
+def test_a_cell_longer_than_a_page_is_cut_short_with_an_ellipsis():
+    faces = render_pdf.load_fonts()
+    table = Table((Column("key", False), Column("comment", False)), [["a", "word " * 20_000]])
+    laid = pdf_layout.table_layout(faces, table, {name: set() for name in FACE_NAMES})
+    (height, cells), = laid.rows
+    assert laid.head_height + height <= CONTENT_TOP - CONTENT_BOTTOM
+    assert cells[1][0][-1].endswith("…") and cells[1][0][0] .startswith("word word")
+
+
+def test_flow_keeps_styles_apart_and_breaks_between_words():
+    faces = render_pdf.load_fonts()
+    pieces = ("Prices: ", Span("EXAMPLE rates", "example"), " and more words here " * 4)
+    lines = pdf_layout.flow(faces, pieces, NOTE_STYLE, 200)
+    assert len(lines) > 1
+    words = " ".join(" ".join(text for _, text, _ in line) for line in lines).split()
+    assert words == " ".join(p if isinstance(p, str) else p.text for p in pieces).split()
+    first = lines[0]
+    assert [style.face for _, _, style in first][:2] == ["regular", "bold"] and first[0][1] == "Prices: "
+    for line in lines:
+        for (x, text, style), after in zip(line, [*line[1:], None]):
+            end = x + faces[style.face].width(text.rstrip(), style.size)
+            assert end <= 200 + 0.01 and (after is None or end <= after[0] + 0.01)
 
 
 def test_fonts_are_embedded_subsets_with_their_widths():
