@@ -88,9 +88,12 @@ def _render_pdf_files(reports: Sequence[TenantReport], paths: Sequence[Path], wo
     global _pdf_work
     render_pdf.load_fonts()  # once, before the fork: each worker inherits the faces and the usual subset
     _pdf_work = (reports, paths)
+    # Longest first, one at a time: no worker is left with a long report while the other idles.
+    order = sorted(range(len(reports)), key=lambda i: len(reports[i].workloads) + len(reports[i].incidents), reverse=True)
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_render_pdf_file, range(len(reports)), chunksize=4))
+            written = dict(zip(order, pool.map(_render_pdf_file, order)))
+        return [written[i] for i in range(len(reports))]
     except BrokenProcessPool as exc:
         raise ReportError(f"a PDF worker process died: {exc}") from None
     finally:

@@ -68,11 +68,27 @@ def test_the_pdf_shows_what_the_html_shows_of_its_tenant_only():
 
 def test_any_text_reads_back_as_it_was_given():
     report = month(1, {"kind": "slurm_job", "job": "1", "user": HOSTILE}, tenant=HOSTILE)
-    text = text_of(render_pdf.render(report))
+    data = render_pdf.render(report)
+    text = text_of(data)
     # U+1F600 has no 2-byte code: it prints (and reads back) as U+FFFD; the rest comes back as sent.
     shown = HOSTILE.replace("\U0001F600", "\ufffd")
     assert f"GPU usage report: {shown}" in text
     assert f"user={shown}" in text.replace("\n", " ")
+    # Greek is past the usual subset: the document's own subset carries its glyphs, at their code points.
+    regular, cid_to_gid = embedded_font(data, "DejaVuSans")
+    omega = int.from_bytes(cid_to_gid[2 * ord("Ω"):2 * ord("Ω") + 2], "big")
+    assert omega == fonts.face("regular").gid_of_char["Ω"] and regular["glyf"][regular.getGlyphOrder()[omega]].numberOfContours > 0
+
+
+def embedded_font(data: bytes, name: str) -> tuple[TTFont, bytes]:
+    """The font program a PDF embeds for `name` (DejaVuSans, ...) and its CIDToGIDMap."""
+    for font in read(data).pages[0]["/Resources"]["/Font"].values():
+        font = font.get_object()
+        if font["/BaseFont"].endswith("+" + name):
+            descendant = font["/DescendantFonts"][0].get_object()
+            program = descendant["/FontDescriptor"]["/FontFile2"].get_data()
+            return TTFont(io.BytesIO(program)), descendant["/CIDToGIDMap"].get_data()
+    raise AssertionError(f"no {name} in the PDF")
 
 
 def struct_kids(elem: Any) -> list[Any]:
