@@ -16,15 +16,15 @@ Then `gpufleet report --all` for the month, once per format (html, csv, json and
 wrapping the functions run_report calls, so the code path stays the CLI's:
   query    rollup.collect: the InfluxQL queries and the rows built from their answers
   figures  model.chargeback: every tenant's figures and the reconciliation with the fleet meter
-  render   main.render_files: every tenant's file written (PDF: one headless Chromium prints
-           them all, while this process renders the next tenant's HTML)
+  render   main.render_files: every tenant's file written (PDF: laid out by worker processes
+           forked for it, one per core)
   other    the rest of run_report (chargeback.csv)
 Each with wall seconds, CPU seconds of this process and CPU seconds of influxd (/proc/PID/stat).
-The PDF run adds Chromium's CPU seconds: its whole process tree (browser, zygote, renderer,
-GPU and utility processes), sampled from /proc while it runs.
+The PDF run adds the CPU seconds of the workers (reaped children, os.times).
 
 Last, the files are checked against what was loaded: every tenant's GPU-hours, busy, idle, energy
-and incidents in the JSON, CSV and HTML files, and their sums against the fleet's totals.
+and incidents in the JSON, CSV and HTML files, and their sums against the fleet's totals; and
+each PDF's GPU-hours tile as a PDF reader (pypdf) reads it.
 
 Goal (scale issue): a month of hourly rollups for 10,000 GPUs and 200 tenants reports in 10 s or
 less. Prints figures, asserts nothing. On a shared machine, CPU seconds say what the work cost
@@ -665,7 +665,7 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=200)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--start", default="2026-10-01", help="first day (UTC)")
-    parser.add_argument("--no-pdf", action="store_true", help="skip --format pdf (every tenant, headless Chromium)")
+    parser.add_argument("--no-pdf", action="store_true", help="skip --format pdf")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 

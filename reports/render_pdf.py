@@ -216,7 +216,7 @@ class Layout:
         if isinstance(block, Table):
             return unbroken_height(self.table_layout(block))
         if isinstance(block, Figure):
-            return self.figure_height()
+            return self.figure_height(block.chart)
         if isinstance(block, Tiles):
             return self.tiles_height(block)
         if isinstance(block, Note | Bullets):
@@ -317,7 +317,8 @@ class Layout:
                 text = " ".join(f"BT {x + width - TABLE_PAD_X - w:.2f} {first_baseline - n * line_height:.2f} Td {code} Tj ET"
                                 for n, (code, w) in enumerate(zip(codes, line_widths)))
             else:
-                text = f"BT {left_x} {baseline_text} Td {codes[0]} Tj {' '.join(code + chr(39) for code in codes[1:])} ET"
+                more = "".join(f" {code} '" for code in codes[1:])  # ': the next line (TL lower), then show
+                text = f"BT {left_x} {baseline_text} Td {codes[0]} Tj{more} ET"
             ops.append(f"/{role} <</MCID {cell.mcid}>> BDC {text} EMC")
         self.y = top - height
         rule_y = self.y + RULE_WIDTH / 2
@@ -401,12 +402,12 @@ class Layout:
 
     # charts
 
-    def figure_height(self) -> float:
-        scale = CONTENT_WIDTH / charts.WIDTH
-        return charts.HEIGHT * scale + self.faces["regular"].descent * -BODY_SIZE / 1000
+    def figure_height(self, chart: charts.Chart) -> float:
+        """The chart at the content's width, and below it the descent of the line an inline SVG sits on."""
+        return chart.height * CONTENT_WIDTH / chart.width - self.faces["regular"].descent * BODY_SIZE / 1000
 
     def figure(self, chart: charts.Chart) -> None:
-        height = self.figure_height()
+        height = self.figure_height(chart)
         self.start_block(0.0, height)
         scale = CONTENT_WIDTH / chart.width
         left, top = MARGIN, self.y
