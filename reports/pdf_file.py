@@ -1,13 +1,16 @@
-"""A PDF file's bones (PDF 32000-1:2008, section 7): numbered objects, streams, the cross-reference
-table and the trailer. Pure: object bodies in, bytes out. What the objects say is render_pdf's."""
+"""A PDF file's bones (PDF 32000-1:2008, section 7): numbered objects, object streams, the
+cross-reference stream and its trailer entries. Pure: object bodies in, bytes out. What the objects say is render_pdf's."""
 
 from __future__ import annotations
 
 import hashlib
+import struct
 import zlib
 
 HEADER = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"  # the binary comment tells transfer tools the file is binary
 COMPRESS_LEVEL = 3  # 6 makes the files ~10 % smaller and costs twice the time
+OBJECTS_PER_STREAM = 2000
+XREF_ENTRY = struct.Struct(">BIH")  # /W [1 4 2]: type, offset or object stream, generation or index
 
 
 class PdfFile:
@@ -46,22 +49,41 @@ class PdfFile:
         return self.add(stream(data, entries, compress=compress))
 
     def to_bytes(self, root: int, info: int) -> bytes:
+        """The file. Streams stand alone; every other object goes into compressed object streams
+        (7.5.7), which in a report are mostly its thousands of structure elements, and the
+        cross-reference table is a compressed stream too (7.5.8): a third of the size."""
         missing = [n for n, body in enumerate(self._bodies, 1) if body is None]
         if missing:
             raise ValueError(f"objects reserved but never written: {missing[:10]}")
+        bodies: list[bytes] = self._bodies  # type: ignore[assignment]  # none is None, checked above
         out = bytearray(HEADER)
-        offsets = []
-        for number, body in enumerate(self._bodies, 1):
-            offsets.append(len(out))
-            out += b"%d 0 obj\n" % number
-            out += body  # type: ignore[operator]  # none is None, checked above
-            out += b"\nendobj\n"
-        xref_at = len(out)
-        out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(offsets) + 1)
-        out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-        file_id = hashlib.md5(out).hexdigest().encode()  # the same file gets the same id
-        out += b"trailer\n<</Size %d /Root %d 0 R /Info %d 0 R /ID [<%s><%s>]>>\n" % (len(offsets) + 1, root, info, file_id, file_id)
-        out += b"startxref\n%d\n%%%%EOF\n" % xref_at
+        where: dict[int, tuple[int, int, int]] = {}  # number -> its cross-reference entry (type, field 2, field 3)
+        packed = []
+        for n, body in enumerate(bodies, 1):
+            if body.endswith(b"endstream"):
+                where[n] = (1, len(out), 0)
+                out += b"%d 0 obj\n%s\nendobj\n" % (n, body)
+            else:
+                packed.append(n)
+        number_next = len(bodies) + 1
+        for start in range(0, len(packed), OBJECTS_PER_STREAM):
+            chunk, holder = packed[start:start + OBJECTS_PER_STREAM], number_next
+            number_next += 1
+            offsets, data = [], bytearray()
+            for index, n in enumerate(chunk):
+                offsets.append(b"%d %d" % (n, len(data)))
+                data += bodies[n - 1] + b"\n"
+                where[n] = (2, holder, index)
+            head = b" ".join(offsets) + b"\n"
+            where[holder] = (1, len(out), 0)
+            out += b"%d 0 obj\n%s\nendobj\n" % (holder, stream(head + data, f"/Type /ObjStm /N {len(chunk)} /First {len(head)}"))
+        xref = number_next
+        where[xref] = (1, len(out), 0)
+        table = b"\x00\x00\x00\x00\x00\xff\xff" + b"".join(XREF_ENTRY.pack(*where[n]) for n in range(1, xref + 1))
+        file_id = hashlib.md5(out).hexdigest()  # the same file gets the same id
+        entries = f"/Type /XRef /Size {xref + 1} /W [1 4 2] /Root {root} 0 R /Info {info} 0 R /ID [<{file_id}><{file_id}>]"
+        out += b"%d 0 obj\n%s\nendobj\n" % (xref, stream(table, entries))
+        out += b"startxref\n%d\n%%%%EOF\n" % where[xref][1]
         return bytes(out)
 
 

@@ -29,7 +29,7 @@ from .fonts import IDENTITY_TO_UNICODE, Face, FontError, Subset, face
 from .model import TenantReport
 from .pdf_file import PdfFile, number, ref, stream, text_string
 from .pdf_layout import (
-    BODY_SIZE, CONTENT_BOTTOM, CONTENT_TOP, CONTENT_WIDTH, FACE_NAMES, HEADING_MARGINS, HEADING_RULE,
+    BODY_SIZE, CONTENT_BOTTOM, CONTENT_TOP, CONTENT_WIDTH, FACE_NAMES, FOOTER_STYLE, HEADING_MARGINS, HEADING_RULE,
     HEADING_SIZES, LIST_INDENT, LaidCell, MARGIN, NOTE_SIZE, NOTE_STYLE, PAGE_HEIGHT, PAGE_WIDTH, PX,
     RULE_WIDTH, SUBTITLE_STYLE, Style, TABLE_MARGIN, TABLE_PAD_X, TABLE_PAD_Y, TABLE_RULE, TABLE_SIZE, TEXT,
     TILE_BORDER, TILE_COLUMNS, TILE_GAP, TILE_KEY_STYLE, TILE_MARGIN, TILE_PAD_X, TILE_PAD_Y, TILE_RADIUS,
@@ -39,6 +39,7 @@ from .pdf_layout import (
 __all__ = ["FontError", "document_pdf", "load_fonts", "render"]
 
 PRODUCER = "gpufleet"
+FOOTER_BASELINE = CONTENT_BOTTOM / 2  # in the bottom margin
 
 
 
@@ -209,6 +210,18 @@ class Layout:
                 self.bullets(block)
             else:
                 raise TypeError(f"no PDF layout for {type(block).__name__}")
+        self.number_pages()
+
+    def number_pages(self) -> None:
+        """"page 3 of 69" in the bottom margin, right-aligned: a pagination artifact (a printed
+        bill must say where its pages go; the HTML has no pages)."""
+        this_face = self.faces[FOOTER_STYLE.face]
+        for n, page in enumerate(self.pages, 1):
+            text = f"page {n} of {len(self.pages)}"
+            self.used[FOOTER_STYLE.face].update(text)
+            x = MARGIN + CONTENT_WIDTH - this_face.width(text, FOOTER_STYLE.size)
+            page.artifacts.append(f"BT /{FACE_NAMES[FOOTER_STYLE.face]} {number(FOOTER_STYLE.size)} Tf {rgb(FOOTER_STYLE.colour)} rg "
+                                  f"{x:.2f} {FOOTER_BASELINE:.2f} Td {this_face.encode(text)} Tj ET")
 
     def lead_height(self, block: Block) -> float:
         """The height of what must follow a heading on its page: the whole block if it does not

@@ -156,8 +156,8 @@ def test_a_long_table_breaks_between_rows_and_repeats_its_header():
     assert found == keys  # each row once, in order, none cut across a page
 
 
-def drawn_text(layout: Layout) -> list[tuple[int, float, float, float]]:
-    """(page, x, baseline, width) of every line of text in the content, measured with the face it
+def drawn_text(layout: Layout) -> list[tuple[int, float, float, float, str]]:
+    """(page, x, baseline, width, text) of every line of text in the content, measured with the face it
     is set in: a small reader of the operators the layout writes (Tf, TL, Td, Tj, ')."""
     out = []
     for n, page in enumerate(layout.pages):
@@ -174,7 +174,7 @@ def drawn_text(layout: Layout) -> list[tuple[int, float, float, float]]:
                 if token.endswith("'"):
                     y -= leading
                 text = bytes.fromhex(token[1:token.index(">")]).decode("utf-16-be")
-                out.append((n, x, y, layout.faces[face_name].width(text, size)))
+                out.append((n, x, y, layout.faces[face_name].width(text, size), text))
     return out
 
 
@@ -188,9 +188,11 @@ def test_every_text_stays_inside_the_margins(identity):
     layout.place(build(month(60, identity)).blocks)
     texts = drawn_text(layout)
     assert len(texts) > 300
-    for page, x, y, width in texts:
+    footers = [(page, text) for page, _, y, _, text in texts if y < CONTENT_BOTTOM]
+    assert footers == [(n, f"page {n + 1} of {len(layout.pages)}") for n in range(len(layout.pages))]  # in the bottom margin
+    for page, x, y, width, text in texts:
         assert MARGIN - 0.01 <= x and x + width <= MARGIN + CONTENT_WIDTH + 0.01, (page, x, width)
-        assert CONTENT_BOTTOM <= y <= CONTENT_TOP, (page, y)
+        assert CONTENT_BOTTOM <= y <= CONTENT_TOP or (page, text) in footers, (page, y)
 
 
 def test_column_widths_fill_the_page_and_narrow_columns_keep_their_text():
