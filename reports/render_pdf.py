@@ -117,6 +117,10 @@ def rgb(colour: str) -> str:
     return " ".join(f"{int(colour[i:i + 2], 16) / 255:.4f}" for i in (1, 3, 5))
 
 
+TABLE_RULE_START = f"{rgb(TABLE_RULE)} RG {number(RULE_WIDTH)} w {MARGIN:.2f} "  # a row's bottom border, but for its y
+TABLE_RULE_END = MARGIN + CONTENT_WIDTH
+
+
 # --- layout --------------------------------------------------------------------------------------
 
 
@@ -335,7 +339,7 @@ class Layout:
             ops.append(f"/{role} <</MCID {cell.mcid}>> BDC {text} EMC")
         self.y = top - height
         rule_y = self.y + RULE_WIDTH / 2
-        self.rule(MARGIN, rule_y, MARGIN + CONTENT_WIDTH, rule_y, TABLE_RULE)
+        page.artifacts.append(f"{TABLE_RULE_START}{rule_y:.2f} m {TABLE_RULE_END:.2f} {rule_y:.2f} l S")
 
     def artifact_row(self, laid: TableLayout, xs: list[float], numeric: list[bool], style: Style) -> None:
         """The header row again at the top of a page the table went on to (a pagination artifact:
