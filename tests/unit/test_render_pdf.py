@@ -14,22 +14,14 @@ from pypdf import PdfReader
 
 from gpufleet.reports import charts, fonts, pdf_layout, render_pdf
 from gpufleet.reports.document import Column, Document, Figure, Heading, Note, Span, Table, build
-from gpufleet.reports.model import HOUR_NS, Incident, PriceList, UsageRow, tenant_report
+from gpufleet.reports.model import HOUR_NS, UsageRow, tenant_report
 from gpufleet.reports.pdf_layout import CONTENT_BOTTOM, CONTENT_TOP, CONTENT_WIDTH, FACE_NAMES, MARGIN, NOTE_STYLE
 from gpufleet.reports.render_pdf import Layout, document_pdf
 from gpufleet.reports.settings import EXAMPLE_REFERENCE
 
-S = 1_746_057_600_000_000_000  # 2025-05-01T00:00:00Z
-H100 = "NVIDIA H100 80GB HBM3"
-PRICES = PriceList("prices", "test", "EUR", ((H100, 2.0),), per_kwh=0.5)
-XID = Incident(S + 5, "c1", "n1", "0", "xid", 79, 'fell off "the" bus')
-ROWS = [
-    UsageRow(S, "c1", H100, "lab-a", 3600.0, 1800.0, 1800.0, 3_600_000.0, 1 << 30, 360, 36.0, 0.0, 0.0, 10.0,
-             {"slurm:7": {"kind": "slurm_job", "job": "7"}}, (XID,)),
-    UsageRow(S, "c1", H100, "lab-b", 1800.0, 1800.0, 0.0, 1_800_000.0, 2 << 30, 180, 0.0, 0.0, 0.0, 0.0,
-             {"k8s:secret-project": {"kind": "k8s_pod", "namespace": "secret"}}, ()),
-]
-# PDF syntax, markup, accents, Greek, CJK (no glyph in DejaVu), a character past U+FFFF, a CR.
+from .test_reports_render import H100, PRICES, ROWS, S  # the same two tenants as the HTML's tests
+
+# PDF syntax, markup, accents, Greek, CJK (no glyph in DejaVu), a character past U+FFFF, a tab.
 HOSTILE = 'a (b) \\c <b>zoë Ωμέγα 日本 \U0001F600 d\te'
 
 
