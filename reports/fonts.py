@@ -1,12 +1,13 @@
 """The fonts the PDF report embeds: DejaVu Sans (regular, bold) and DejaVu Sans Mono, the faces
 the HTML report asks for first, from Debian's fonts-dejavu-core. The only font I/O.
 
-A Face answers the two questions layout asks millions of times per run (how wide is this text,
-which glyphs draw it) from plain dicts keyed by character. What a PDF embeds is a subset of the
-font with only the glyphs a document uses, made with fontTools; glyph ids are kept (retain_gids),
-so one width table serves every subset. Subsets are cached by glyph set, and each document's set
-is widened to a common base (Latin, punctuation), so a run of many reports makes a handful of
-subsets instead of one per file (fontTools takes ~0.1 s for one)."""
+A Face answers what layout asks millions of times per run (how wide is this text) from a plain
+dict keyed by character, and encodes text as the PDF shows it: each character's code point, 2
+bytes. What a PDF embeds is a subset of the font with only the glyphs a document uses, made with
+fontTools, glyph ids kept (retain_gids) so that a map from code point to glyph is all the PDF
+needs. Subsets are cached by character set, and each document's set is widened to a common base
+(Latin, punctuation), so a run of many reports makes a handful of subsets instead of one per file
+(fontTools takes ~0.1 s for one)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,16 @@ from fontTools import subset
 from fontTools.ttLib import TTFont
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+REPLACEMENT = "\ufffd"  # what a character past U+FFFF prints as: a 2-byte code cannot name it
 FACE_FILES = {"regular": "DejaVuSans.ttf", "bold": "DejaVuSans-Bold.ttf", "mono": "DejaVuSansMono.ttf"}
 # Glyphs every subset carries, so that documents in Latin script share one subset: ASCII, Latin-1,
 # Latin Extended-A and the punctuation the reports print (– · × … •).
 BASE_CHARS = frozenset(
     [chr(c) for c in range(0x20, 0x7F)] + [chr(c) for c in range(0xA0, 0x180)] + [chr(c) for c in range(0x2010, 0x2027)]
-    + ["×", "€"]
+    + ["×", "€", REPLACEMENT]
 )
 WORD_CACHE_SIZE = 200_000  # words whose widths a face keeps (~20 MB at most)
 NOTDEF_GID = 0  # what a character the font lacks prints as: a box, as a browser shows it
-REPLACEMENT = "\ufffd"
 _DROPPED_TABLES = ["GSUB", "GPOS", "GDEF", "kern", "FFTM", "MATH", "gasp"]  # no shaping: glyphs are drawn one by one
 
 
@@ -83,10 +84,9 @@ class Face:
         self.italic_angle = float(font["post"].italicAngle)
         self.fixed_pitch = bool(font["post"].isFixedPitch)
         notdef_width = metrics[font.getGlyphOrder()[NOTDEF_GID]][0] * scale
-        self.gid_width = {gid_of[name]: adv * scale for name, (adv, _) in metrics.items()}
         self.widths = _Widths({chr(cp): metrics[name][0] * scale for cp, name in cmap.items()}, notdef_width)
         self.gid_of_char = {chr(cp): gid_of[name] for cp, name in cmap.items()}
-        self._subsets: dict[frozenset[int], Subset] = {}
+        self._subsets: dict[frozenset[str], Subset] = {}
         self._word_widths: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -113,7 +113,7 @@ class Face:
 
     def subset(self, chars: Iterable[str]) -> Subset:
         """The embedded font for a document that drew `chars`."""
-        drawn = frozenset(c for c in BASE_CHARS.union(chars) if c in self.gid_of_char)
+        drawn = frozenset(c for c in BASE_CHARS.union(chars) if c <= "\uffff" and c in self.gid_of_char)  # encode() sends the rest to U+FFFD
         with self._lock:
             found = self._subsets.get(drawn)
             if found is None:

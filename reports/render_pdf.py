@@ -12,7 +12,7 @@ month of 200 tenants' reports must take seconds. What the PDF keeps of the brows
   - tags (PDF 32000-1, 14.8): headings, paragraphs, lists, tables with header cells, charts as
     figures with their title as alternate text, in reading order; rules, borders and repeated
     headers are artifacts.
-What it does not do: shaping (kerning, ligatures, right-to-left and complex scripts) and fallback
+What it adds: page numbers in the bottom margin. What it does not do: shaping (kerning, ligatures, right-to-left and complex scripts) and fallback
 fonts; a character DejaVu lacks prints as a box, as it does in the HTML printed on a machine with
 only DejaVu, and its text is still in the file. Pure but for the font files (fonts.py)."""
 
@@ -40,7 +40,6 @@ __all__ = ["FontError", "document_pdf", "load_fonts", "render"]
 
 PRODUCER = "gpufleet"
 FOOTER_BASELINE = CONTENT_BOTTOM / 2  # in the bottom margin
-
 
 
 def render(report: TenantReport) -> bytes:
@@ -547,7 +546,8 @@ def write_elems(pdf: PdfFile, root: Elem, tree_ref: int, page_refs: list[int], p
 
 
 def font_objects(pdf: PdfFile, this_face: Face, subset: Subset) -> int:
-    """A Type 0 font over a CIDFontType2 (PDF 32000-1, 9.7): 2-byte codes are glyph ids."""
+    """A Type 0 font over a CIDFontType2 (PDF 32000-1, 9.7): a 2-byte code is a Unicode code
+    point (Identity-H), CIDToGIDMap turns it into the glyph, ToUnicode back into the text."""
     tag = subset_tag(subset)
     name = f"{tag}+{this_face.postscript_name}"
     program = pdf.add(font_program(subset))
@@ -581,6 +581,7 @@ def cid_to_gid_map(subset: Subset) -> bytes:
 IDENTITY_CMAP = stream(IDENTITY_TO_UNICODE)
 
 
+@lru_cache(maxsize=32)
 def subset_tag(subset: Subset) -> str:
     """Six capitals naming the subset (PDF 32000-1, 9.6.4): the same glyphs, the same tag."""
     digest = hashlib.sha1(subset.program).digest()
