@@ -46,8 +46,6 @@ NOTE_STYLE = Style("regular", NOTE_SIZE, MUTED)
 FOOTER_STYLE = Style("regular", 9 * PX, MUTED)  # the page numbers, which the HTML does not have
 TILE_VALUE_STYLE = Style("bold", TILE_VALUE_SIZE, TEXT)
 TILE_KEY_STYLE = NOTE_STYLE
-
-
 SPAN_STYLES = {"bold": ("bold", None, None), "code": ("mono", CODE_SIZE, None), "example": ("bold", None, EXAMPLE)}
 
 
