@@ -17,7 +17,8 @@ DESTDIR ?=
 # at the HTML and PDF reports as a person would (a screenshot, a drawn page, a strict syntax check).
 # systemd: `systemd-analyze security --offline` rates the shipped units.
 APT_PACKAGES := mosquitto influxdb nginx-light gcc libc6-dev chromium poppler-utils qpdf fonts-dejavu-core systemd
-SERVICE_BINARIES := /usr/sbin/mosquitto /usr/bin/influxd /usr/sbin/nginx /usr/bin/gcc /usr/include/stdio.h \
+# One file of each package: `make deps` runs apt only when one of them is missing.
+SYSTEM_FILES := /usr/sbin/mosquitto /usr/bin/influxd /usr/sbin/nginx /usr/bin/gcc /usr/include/stdio.h \
 	/usr/bin/chromium /usr/bin/pdftoppm /usr/bin/qpdf /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/bin/systemd-analyze
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -29,7 +30,7 @@ deps: system-deps $(VENV)/.installed
 # Debian's python3 lacks ensurepip (python3-venv) until the venv exists.
 system-deps:
 	@missing=""; \
-	for bin in $(SERVICE_BINARIES); do [ -x "$$bin" ] || missing="$$missing $$bin"; done; \
+	for path in $(SYSTEM_FILES); do [ -e "$$path" ] || missing="$$missing $$path"; done; \
 	packages="$(APT_PACKAGES)"; \
 	if [ ! -x $(PY) ] && ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
 		missing="$$missing ensurepip"; packages="$$packages python3-venv"; \
