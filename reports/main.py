@@ -181,6 +181,10 @@ def run_report(
         charge.write_text(render_csv.render_chargeback(cb), encoding="utf-8")
         run.files.append(charge)
         run.reconciled = cb.reconciled
+    # The rows are done with: freed now, before PDF workers are forked, the memory they held is
+    # not the parent's to share with them (a worker's new objects land in the half-empty pools it
+    # inherits, and each first write there copies a page).
+    del got
     try:
         run.files += render_files(reports, fmt, paths)
     except FontError as exc:

@@ -327,6 +327,12 @@ class Layout:
                 page.set_text_state(style.face, style.size, style.colour)
             cell.page, cell.mcid = page, len(page.marks)
             page.marks.append(cell)
+            if len(lines) == 1:  # most cells: one line, and no list to make
+                line = lines[0]
+                code = f"<{line.encode('utf-16-be').hex()}>" if line.isascii() else self.faces[style.face].encode(line)
+                at = f"{x + width - TABLE_PAD_X - line_widths[0]:.2f}" if right else left_x
+                ops.append(f"/{role} <</MCID {cell.mcid}>> BDC BT {at} {baseline_text} Td {code} Tj ET EMC")
+                continue
             codes = [f"<{line.encode('utf-16-be').hex()}>" if line.isascii() else self.faces[style.face].encode(line)
                      for line in lines]
             if right:
