@@ -181,6 +181,9 @@ def run_k(k: int, args: argparse.Namespace, per_node: list, broker: localstack.M
         box = box_busy_seconds() - box0
     finally:
         cpu_exit, notes = stop_all(processes)
+    for client_id in ids:  # a collector that did not exit cleanly says why in its log
+        if any(note.startswith(f"{client_id}:") for note in notes):
+            notes.append(f"--- {client_id} log ---\n" + (workdir / f"{client_id}.log").read_text(errors="replace")[-1500:])
     counters = collector_counters(influx, db)
     missing = [client_id for client_id in ids if client_id not in counters]
     if missing:
