@@ -439,7 +439,7 @@ class Cost:
     wall_s: float = 0.0
     cpu_s: float = 0.0  # this process, all threads
     influx_cpu_s: float = 0.0
-    children_cpu_s: float = 0.0  # reaped child processes (none, unless a renderer starts some)
+    children_cpu_s: float = 0.0  # reaped child processes: the PDF run's workers
 
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.wall_s + other.wall_s, self.cpu_s + other.cpu_s, self.influx_cpu_s + other.influx_cpu_s,

@@ -46,6 +46,7 @@ NOTE_STYLE = Style("regular", NOTE_SIZE, MUTED)
 FOOTER_STYLE = Style("regular", 9 * PX, MUTED)  # the page numbers, which the HTML does not have
 TILE_VALUE_STYLE = Style("bold", TILE_VALUE_SIZE, TEXT)
 TILE_KEY_STYLE = NOTE_STYLE
+HEAD_STYLE = Style("bold", TABLE_SIZE, TEXT)  # a table's header cells (th)
 SPAN_STYLES = {"bold": ("bold", None, None), "code": ("mono", CODE_SIZE, None), "example": ("bold", None, EXAMPLE)}
 
 
@@ -59,7 +60,7 @@ def span_style(piece: Inline, base: Style) -> tuple[str, Style]:
 @dataclass(slots=True)
 class TableLayout:
     widths: list[float]
-    head: list[list[str]]  # lines per header cell
+    head: list[LaidCell]  # the header row
     head_height: float
     rows: list[tuple[float, list[LaidCell]]]  # (height, cells)
 
@@ -86,12 +87,13 @@ def table_layout(faces: dict[str, Face], table: Table, used: dict[str, set[str]]
     line_height = faces["regular"].line_height * TABLE_SIZE
     extra = 2 * TABLE_PAD_Y + RULE_WIDTH
     head_lines = [wrap(faces["bold"], c.title, TABLE_SIZE, w - pad) for c, w in zip(table.columns, widths)]
+    head = [(lines, HEAD_STYLE, [faces["bold"].width(line, TABLE_SIZE) for line in lines]) for lines in head_lines]
     head_height = max(len(lines) for lines in head_lines) * line_height + extra
     most_lines = max(1, int((CONTENT_TOP - CONTENT_BOTTOM - head_height - extra) // line_height))  # a row a page can hold
     laid_columns = [lay_column(faces, column, width - pad, most_lines, c.numeric)
                     for column, width, c in zip(columns, widths, table.columns)]
     rows = [(max(len(lines) for lines, _, _ in cells) * line_height + extra, list(cells)) for cells in zip(*laid_columns)]
-    return TableLayout(widths, head_lines, head_height, rows)
+    return TableLayout(widths, head, head_height, rows)
 
 
 def column_widths(faces: dict[str, Face], table: Table, columns: list[MeasuredColumn]) -> list[float]:
@@ -104,8 +106,7 @@ def column_widths(faces: dict[str, Face], table: Table, columns: list[MeasuredCo
     if sum(most) <= CONTENT_WIDTH:
         spare = CONTENT_WIDTH - sum(most)
         return [w + spare * w / sum(most) for w in most]
-    head_style = Style("bold", TABLE_SIZE, TEXT)
-    least = [longest_word(faces, [(c.title, head_style), *zip(texts, styles)], [0.0, *measured]) + pad
+    least = [longest_word(faces, [(c.title, HEAD_STYLE), *zip(texts, styles)], [0.0, *measured]) + pad
              for c, (texts, styles, measured) in zip(table.columns, columns)]
     if sum(least) > CONTENT_WIDTH:
         return squeezed_widths(most, least)

@@ -55,8 +55,7 @@ def load_fonts() -> dict[str, Face]:
 
 
 def document_pdf(document: Document) -> bytes:
-    faces = {name: face(name) for name in FACE_NAMES}
-    layout = Layout(faces)
+    layout = Layout({name: face(name) for name in FACE_NAMES})
     layout.place(document.blocks)
     return write_file(document, layout)
 
@@ -176,11 +175,12 @@ class Layout:
         page.set_text_state(style.face, style.size, style.colour)
         page.ops.append(f"BT {x:.2f} {baseline:.2f} Td {this_face.encode(text)} Tj ET")
 
-    def artifact_text(self, x: float, baseline: float, text: str, style: Style) -> None:
+    def artifact_text(self, page: Page, x: float, baseline: float, text: str, style: Style) -> None:
+        """Text outside the tags (it sets its own text state: artifacts are drawn apart)."""
         if not text:
             return
         self.used[style.face].update(text)
-        self.page.artifacts.append(
+        page.artifacts.append(
             f"BT /{FACE_NAMES[style.face]} {number(style.size)} Tf {rgb(style.colour)} rg {x:.2f} {baseline:.2f} Td "
             f"{self.faces[style.face].encode(text)} Tj ET"
         )
@@ -221,10 +221,8 @@ class Layout:
         this_face = self.faces[FOOTER_STYLE.face]
         for n, page in enumerate(self.pages, 1):
             text = f"page {n} of {len(self.pages)}"
-            self.used[FOOTER_STYLE.face].update(text)
             x = MARGIN + CONTENT_WIDTH - this_face.width(text, FOOTER_STYLE.size)
-            page.artifacts.append(f"BT /{FACE_NAMES[FOOTER_STYLE.face]} {number(FOOTER_STYLE.size)} Tf {rgb(FOOTER_STYLE.colour)} rg "
-                                  f"{x:.2f} {FOOTER_BASELINE:.2f} Td {this_face.encode(text)} Tj ET")
+            self.artifact_text(page, x, FOOTER_BASELINE, text, FOOTER_STYLE)
 
     def lead_height(self, block: Block) -> float:
         """The height of what must follow a heading on its page: the whole block if it does not
@@ -295,13 +293,11 @@ class Layout:
         numeric = [c.numeric for c in table.columns]
         # (x, width, right-aligned, the x of a left-aligned line as written): the same for every row
         places = [(x, width, right, f"{x + TABLE_PAD_X:.2f}") for x, width, right in zip(xs, laid.widths, numeric)]
-        head_style = Style("bold", TABLE_SIZE, TEXT)
-        head = [(lines, head_style, [self.faces["bold"].width(line, TABLE_SIZE) for line in lines]) for lines in laid.head]
-        self.table_row(laid.head_height, head, places, Elem("TR", elem), "TH")
+        self.table_row(laid.head_height, laid.head, places, Elem("TR", elem), "TH")
         for height, cells in laid.rows:
             if height > self.room():
                 self.new_page()
-                self.artifact_row(laid, xs, numeric, head_style)
+                self.artifact_row(laid, xs, numeric)
             self.table_row(height, cells, places, Elem("TR", elem), "TD")
         self.end_block(0.0)
 
@@ -343,24 +339,24 @@ class Layout:
                 text = f"BT {left_x} {baseline_text} Td {codes[0]} Tj{more} ET"
             ops.append(f"/{role} <</MCID {cell.mcid}>> BDC {text} EMC")
         self.y = top - height
-        rule_y = self.y + RULE_WIDTH / 2
-        page.artifacts.append(f"{TABLE_RULE_START}{rule_y:.2f} m {TABLE_RULE_END:.2f} {rule_y:.2f} l S")
+        self.row_rule()
 
-    def artifact_row(self, laid: TableLayout, xs: list[float], numeric: list[bool], style: Style) -> None:
+    def artifact_row(self, laid: TableLayout, xs: list[float], numeric: list[bool]) -> None:
         """The header row again at the top of a page the table went on to (a pagination artifact:
         read once, from the first page)."""
-        this_face = self.faces[style.face]
-        ascent = this_face.ascent * TABLE_SIZE / 1000
-        line_height = self.line_height(style)
-        for lines, x, width, right in zip(laid.head, xs, laid.widths, numeric):
-            baseline = self.y - TABLE_PAD_Y - ascent
-            for line in lines:
-                at = x + width - TABLE_PAD_X - this_face.width(line, style.size) if right else x + TABLE_PAD_X
-                self.artifact_text(at, baseline, line, style)
-                baseline -= line_height
+        line_height = self.faces["regular"].line_height * TABLE_SIZE
+        first_baseline = self.y - TABLE_PAD_Y - self.faces["regular"].ascent * TABLE_SIZE / 1000
+        for (lines, style, line_widths), x, width, right in zip(laid.head, xs, laid.widths, numeric):
+            for n, (line, line_width) in enumerate(zip(lines, line_widths)):
+                at = x + width - TABLE_PAD_X - line_width if right else x + TABLE_PAD_X
+                self.artifact_text(self.page, at, first_baseline - n * line_height, line, style)
         self.y -= laid.head_height
-        rule_y = self.y + RULE_WIDTH / 2
-        self.rule(MARGIN, rule_y, MARGIN + CONTENT_WIDTH, rule_y, TABLE_RULE)
+        self.row_rule()
+
+    def row_rule(self) -> None:
+        """A row's bottom border, along the current top (the hot path: one format, made once)."""
+        y = self.y + RULE_WIDTH / 2
+        self.page.artifacts.append(f"{TABLE_RULE_START}{y:.2f} m {TABLE_RULE_END:.2f} {y:.2f} l S")
 
     # tiles
 
